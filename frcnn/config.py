@@ -1,0 +1,361 @@
+"""Configuration: one frozen dataclass per `params.yaml` section, loaded and validated once.
+
+`load_config("params.yaml", {"loss.lambda": 10})` returns a `Config`; an unknown key or a bad
+value raises `ConfigError` with one line naming the key (`anchors.scales: must not be empty`).
+Modules never read this object globally: `build_model` and the stages pass explicit values on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    num_trainval: int = 1000
+    num_test: int = 250
+    image_size: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["synth", "voc2007", "voc0712", "url"] = "synth"
+    url: str | None = None
+    md5: str | None = None
+    mirrors: tuple[str, ...] = ()
+    unknown_class: Literal["error", "drop"] = "error"
+    classes: tuple[str, ...] | None = None
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    seed: int = 0
+    copies: int = 1
+    hflip_p: float = 0.5
+    scale_jitter: float = 0.0
+    color_jitter: float = 0.0
+    random_crop_p: float = 0.0
+    min_visibility: float = 0.3
+    online_flip: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["resnet18_c4", "resnet50", "resnet50_c4"] = "resnet18_c4"
+    pretrained: bool = False
+    num_classes: int = 0
+    min_size: int = 256
+    max_size: int = 320
+    frozen_bn: bool = False
+    freeze_stem: bool = False
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    unit: Literal["px", "cells"] = "px"
+    scales: tuple[float, ...] = (24.0, 48.0, 96.0, 192.0)
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    hidden_channels: int = 256
+    pos_iou_thresh: float = 0.7
+    neg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    border_tolerance: float = 0.0
+    nms_thresh: float = 0.7
+    pre_nms_top_n_train: int = 12000
+    post_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 6000
+    post_nms_top_n_test: int = 300
+    min_box_size: float = 1.0
+
+
+@dataclass(frozen=True)
+class ROIConfig:
+    op: Literal["align", "pool"] = "align"
+    output_size: int = 7
+    sampling_ratio: int = 2
+    head: Literal["mlp", "avg"] = "mlp"
+    hidden_dim: int = 512
+    batch_size_per_image: int = 128
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh_lo: float = 0.0
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    # `lambda` is a Python keyword: the YAML key `lambda` maps to this field.
+    lambda_: float = 5.0
+    roi_lambda: float = 1.0
+    smooth_l1_beta: float = 1.0 / 9.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 4
+    epochs: int = 12
+    max_steps: int = 0
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "step"] = "cosine"
+    step_milestones: tuple[float, ...] = (0.67, 0.89)
+    step_gamma: float = 0.1
+    grad_clip: float = 10.0
+    amp: bool = True
+    num_workers: int = 2
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 8
+    num_preview: int = 12
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi: ROIConfig = field(default_factory=ROIConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested dict as written in params.yaml (`lambda`, lists), for logging and checkpoints."""
+        return _to_plain(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys (`loss.lambda`) -> values, as MLflow params and DVC `-S` overrides name them."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+def _yaml_key(f: dataclasses.Field) -> str:
+    return "lambda" if f.name == "lambda_" else f.name
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {_yaml_key(f): _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- parsing with types
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            choices = " | ".join(str(a) for a in args)
+            raise ConfigError(f"{key}: must be one of {choices}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")  # a bug in this file, not user input
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    by_key = {_yaml_key(f): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(by_key))
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(by_key))})")
+    kwargs = {}
+    for key, value in raw.items():
+        f = by_key[key]
+        kwargs[f.name] = _coerce(value, hints[f.name], f"{prefix}.{key}" if prefix else key)
+    return cls(**kwargs)
+
+
+def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check(cond: bool, key: str, problem: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def validate(cfg: Config) -> Config:
+    """Reject values that would train something meaningless; returns `cfg` unchanged."""
+    d, a, m, an, r, roi, lo, t = (cfg.data, cfg.augment, cfg.model, cfg.anchors, cfg.rpn,
+                                  cfg.roi, cfg.loss, cfg.train)
+    _check(d.dataset != "url" or bool(d.url), "data.url", "required when data.dataset is url")
+    _check(d.md5 is None or (len(d.md5) == 32 and all(c in "0123456789abcdefABCDEF" for c in d.md5)),
+           "data.md5", "must be 32 hex digits")
+    _check(d.classes is None or len(d.classes) == len(set(d.classes)) > 0, "data.classes",
+           "must be a non-empty list of distinct names")
+    _check(d.synth.num_trainval > 0 and d.synth.num_test > 0, "data.synth", "image counts must be > 0")
+    _check(d.synth.image_size >= 64, "data.synth.image_size", "must be >= 64")
+    _check(a.copies >= 0, "augment.copies", "must be >= 0")
+    for name in ("hflip_p", "random_crop_p", "min_visibility"):
+        _check(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "must be in [0, 1]")
+    _check(0.0 <= a.scale_jitter < 1.0, "augment.scale_jitter", "must be in [0, 1)")
+    _check(a.color_jitter >= 0.0, "augment.color_jitter", "must be >= 0")
+    _check(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0 = from the dataset)")
+    _check(m.min_size >= 32, "model.min_size", "must be >= 32")
+    _check(m.max_size >= m.min_size, "model.max_size", "must be >= model.min_size")
+    _check(len(an.scales) > 0, "anchors.scales", "must not be empty")
+    _check(len(an.ratios) > 0, "anchors.ratios", "must not be empty")
+    _check(all(s > 0 for s in an.scales), "anchors.scales", "must all be > 0")
+    _check(all(x > 0 for x in an.ratios), "anchors.ratios", "must all be > 0")
+    _check(0.0 < r.pos_iou_thresh <= 1.0, "rpn.pos_iou_thresh", "must be in (0, 1]")
+    _check(0.0 <= r.neg_iou_thresh < r.pos_iou_thresh, "rpn.neg_iou_thresh",
+           f"must be >= 0 and < rpn.pos_iou_thresh ({r.pos_iou_thresh})")
+    _check(r.batch_size_per_image > 0, "rpn.batch_size_per_image", "must be > 0")
+    _check(0.0 < r.positive_fraction <= 1.0, "rpn.positive_fraction", "must be in (0, 1]")
+    _check(0.0 < r.nms_thresh <= 1.0, "rpn.nms_thresh", "must be in (0, 1]")
+    _check(r.hidden_channels > 0, "rpn.hidden_channels", "must be > 0")
+    for phase in ("train", "test"):
+        pre, post = getattr(r, f"pre_nms_top_n_{phase}"), getattr(r, f"post_nms_top_n_{phase}")
+        _check(pre > 0 and post > 0, f"rpn.pre_nms_top_n_{phase}", "must be > 0")
+        _check(post <= pre, f"rpn.post_nms_top_n_{phase}", f"must be <= rpn.pre_nms_top_n_{phase}")
+    _check(r.min_box_size >= 0, "rpn.min_box_size", "must be >= 0")
+    _check(roi.output_size >= 1, "roi.output_size", "must be >= 1")
+    _check(roi.sampling_ratio >= 0, "roi.sampling_ratio", "must be >= 0")
+    _check(roi.hidden_dim > 0, "roi.hidden_dim", "must be > 0")
+    _check(roi.batch_size_per_image > 0, "roi.batch_size_per_image", "must be > 0")
+    _check(0.0 < roi.positive_fraction <= 1.0, "roi.positive_fraction", "must be in (0, 1]")
+    _check(0.0 < roi.fg_iou_thresh <= 1.0, "roi.fg_iou_thresh", "must be in (0, 1]")
+    _check(0.0 <= roi.bg_iou_thresh_lo < roi.fg_iou_thresh, "roi.bg_iou_thresh_lo",
+           f"must be >= 0 and < roi.fg_iou_thresh ({roi.fg_iou_thresh})")
+    _check(0.0 <= roi.score_thresh < 1.0, "roi.score_thresh", "must be in [0, 1)")
+    _check(0.0 < roi.nms_thresh <= 1.0, "roi.nms_thresh", "must be in (0, 1]")
+    _check(roi.detections_per_img > 0, "roi.detections_per_img", "must be > 0")
+    _check(lo.lambda_ >= 0, "loss.lambda", "must be >= 0")
+    _check(lo.roi_lambda >= 0, "loss.roi_lambda", "must be >= 0")
+    _check(lo.smooth_l1_beta >= 0, "loss.smooth_l1_beta", "must be >= 0")
+    _check(t.batch_size > 0, "train.batch_size", "must be > 0")
+    _check(t.epochs > 0 or t.max_steps > 0, "train.epochs", "must be > 0 unless train.max_steps is")
+    _check(t.max_steps >= 0, "train.max_steps", "must be >= 0")
+    _check(t.lr > 0, "train.lr", "must be > 0")
+    _check(0.0 <= t.momentum < 1.0, "train.momentum", "must be in [0, 1)")
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _check(all(0.0 < x < 1.0 for x in t.step_milestones), "train.step_milestones",
+           "must be fractions of the run in (0, 1)")
+    _check(0.0 < t.step_gamma <= 1.0, "train.step_gamma", "must be in (0, 1]")
+    _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+    _check(t.num_workers >= 0, "train.num_workers", "must be >= 0")
+    _check(t.checkpoint_every > 0, "train.checkpoint_every", "must be > 0")
+    _check(t.log_every > 0, "train.log_every", "must be > 0")
+    _check(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
+    _check(cfg.eval.num_preview >= 0, "eval.num_preview", "must be >= 0")
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Build and validate a Config from a nested dict (params.yaml's content) plus dotted overrides."""
+    raw = _deep_copy(raw or {})
+    for dotted, value in (overrides or {}).items():
+        _apply_override(raw, dotted, value)
+    return validate(_build(Config, raw, ""))
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Read `path` (YAML), apply dotted `overrides` ({"loss.lambda": 10}), validate, return a Config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must hold a mapping of sections")
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw

@@ -1,0 +1,168 @@
+"""Second stage (Fast R-CNN): classify each proposal and refine its box per class.
+
+Shapes: N images, P_i proposals of image i, R RoIs in the batch, K foreground classes (K + 1 with
+background 0), S = `output_size`, C feature channels, D head width.
+
+Training: GT boxes are appended to the proposals (so every GT has at least one perfect RoI early
+on), each RoI is matched to a GT (foreground IoU >= 0.5, background in [lo, 0.5)), 128 per image are
+sampled with at most 25% foreground, and `losses.fast_rcnn_loss` is returned.
+Inference: softmax scores, per-class decoded boxes, clipped, score-thresholded, per-class NMS,
+the top `detections_per_img` kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
+
+from frcnn.boxes import BoxCoder, clip_boxes, remove_small_boxes
+from frcnn.losses import fast_rcnn_loss
+from frcnn.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match, sample_balanced
+
+
+class MLPHead(nn.Module):
+    """(R, C, S, S) -> flatten -> FC(D) -> ReLU -> FC(D) -> ReLU -> (R, D). torchvision's TwoMLPHead."""
+
+    def __init__(self, in_features: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc2(torch.relu(self.fc1(x.flatten(1)))))
+
+
+class AvgPoolHead(nn.Module):
+    """(R, C, S, S) -> average pool -> FC(D) -> ReLU -> (R, D). The reference design's head."""
+
+    def __init__(self, in_channels: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, hidden_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc(x.mean(dim=(2, 3))))
+
+
+class Res5Head(nn.Module):
+    """(R, 1024, S, S) -> ResNet layer4 (stride 2) -> average pool -> (R, 2048). detectron2's C4."""
+
+    def __init__(self, layer4: nn.Module) -> None:
+        super().__init__()
+        self.layer4 = layer4
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer4(x).mean(dim=(2, 3))
+
+
+class BoxPredictor(nn.Module):
+    """(R, D) -> class logits (R, K+1) and per-class deltas (R, 4(K+1))."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, 4 * (num_classes + 1))
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+@dataclass(frozen=True)
+class ROISettings:
+    op: str = "align"
+    output_size: int = 7
+    sampling_ratio: int = 2
+    batch_size_per_image: int = 128
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh_lo: float = 0.0
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    lambda_: float = 1.0
+    smooth_l1_beta: float = 1.0 / 9.0
+
+
+class RoIHeads(nn.Module):
+    def __init__(self, box_head: nn.Module, predictor: BoxPredictor, stride: int,
+                 settings: ROISettings) -> None:
+        super().__init__()
+        self.box_head = box_head
+        self.predictor = predictor
+        self.spatial_scale = 1.0 / stride
+        self.s = settings
+        # second-stage deltas are ~10x smaller than the RPN's; the weights bring them to unit scale
+        self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+
+    def pool(self, features: Tensor, rois: list[Tensor]) -> Tensor:
+        """features (N, C, H, W), rois [(R_i, 4)] -> (R, C, S, S)."""
+        size = (self.s.output_size, self.s.output_size)
+        if self.s.op == "pool":
+            return roi_pool(features, rois, size, self.spatial_scale)
+        # aligned=True: a box's continuous corners are sampled exactly, no half-pixel shift
+        return roi_align(features, rois, size, self.spatial_scale, self.s.sampling_ratio, aligned=True)
+
+    def sample(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """proposals (P, 4) -> sampled RoIs (r, 4), their labels (r,) in 0..K, target deltas (r, 4)."""
+        proposals = torch.cat((proposals, gt_boxes.to(proposals.dtype)))
+        if gt_boxes.shape[0] == 0:
+            labels = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
+            matched = labels
+            gt_boxes = proposals.new_zeros((1, 4))  # encode() needs some box; bg targets are unused
+        else:
+            matched = match(box_iou(gt_boxes, proposals), self.s.fg_iou_thresh,
+                            self.s.bg_iou_thresh_lo, allow_low_quality=False)
+            labels = gt_labels[matched.clamp(min=0)].clone()
+            labels[matched == BETWEEN_THRESHOLDS] = 0    # IoU in [lo, fg): background
+            labels[matched == BELOW_LOW_THRESHOLD] = -1  # IoU < lo: ignored (lo = 0.1 in the paper)
+        pos, neg = sample_balanced(labels, self.s.batch_size_per_image, self.s.positive_fraction)
+        keep = torch.cat((pos, neg))
+        rois, labels = proposals[keep], labels[keep]
+        targets = self.box_coder.encode(gt_boxes[matched[keep].clamp(min=0)], rois)
+        return rois, labels, targets
+
+    def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None
+                ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if self.training:
+            if targets is None:
+                raise ValueError("targets: required in training mode")
+            sampled = [self.sample(p, t["boxes"], t["labels"]) for p, t in zip(proposals, targets)]
+            rois = [s[0] for s in sampled]
+            x = self.box_head(self.pool(features, rois))
+            class_logits, box_deltas = self.predictor(x)
+            cls, reg = fast_rcnn_loss(class_logits, box_deltas, torch.cat([s[1] for s in sampled]),
+                                      torch.cat([s[2] for s in sampled]), self.s.lambda_,
+                                      self.s.smooth_l1_beta)
+            return [], {"loss_classifier": cls, "loss_box_reg": reg}
+        x = self.box_head(self.pool(features, proposals))
+        class_logits, box_deltas = self.predictor(x)
+        return self.postprocess(class_logits, box_deltas, proposals, image_sizes), {}
+
+    def postprocess(self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
+                    image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """(R, K+1) logits, (R, 4(K+1)) deltas -> per image {boxes (D, 4), labels (D,), scores (D,)}."""
+        num_classes = class_logits.shape[1]  # K + 1
+        scores_all = torch.softmax(class_logits, dim=1).split([p.shape[0] for p in proposals])
+        boxes_all = box_deltas.split([p.shape[0] for p in proposals])
+        results = []
+        for scores, deltas, props, (h, w) in zip(scores_all, boxes_all, proposals, image_sizes):
+            boxes = clip_boxes(self.box_coder.decode(deltas, props).view(-1, num_classes, 4), h, w)
+            labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
+            # drop the background column, then treat every (RoI, class) pair as a candidate
+            boxes = boxes[:, 1:].reshape(-1, 4)
+            scores, labels = scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = torch.where(scores > self.s.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = remove_small_boxes(boxes, 1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, self.s.nms_thresh)[: self.s.detections_per_img]
+            results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+        return results
