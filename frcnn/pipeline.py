@@ -1,0 +1,148 @@
+"""The train and evaluate stages: config in, files out. `stages/*.py` and `frcnn <stage>` call these.
+
+Paths are the pipeline's fixed layout (dvc.yaml declares the same ones):
+  data/augmented/trainval.json  → train → models/model.pt, reports/train/{loss.csv,summary.json}
+  data/processed/test.json + models/model.pt → evaluate → reports/{metrics.json, per_class_ap.csv,
+      pr_curves.csv, pr_curves.png, detections.png}, data/detections/test.json (COCO results)
+Every file is written to a temp name and renamed, so an interrupted stage leaves no half-file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frcnn.checkpoint import load_checkpoint
+from frcnn.config import load_config
+from frcnn.data.dataset import DetectionDataset, collate_fn
+from frcnn.engine import (init_distributed, predict, seed_everything, select_device,
+                          to_coco_results, train)
+from frcnn.model.faster_rcnn import build_model
+from frcnn.reports import (atomic_write_text, plot_detection_grid, plot_pr_curves,
+                           pr_curves_table, write_per_class_csv)
+from frcnn.evaluation import coco_metrics, voc_metrics
+from frcnn.tracking import Tracker, default_tags
+
+TRAIN_JSON = Path("data/augmented/trainval.json")
+TEST_JSON = Path("data/processed/test.json")
+CHECKPOINT = Path("models/model.pt")
+TRAIN_REPORTS = Path("reports/train")
+REPORTS = Path("reports")
+DETECTIONS = Path("data/detections/test.json")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def run_train(params: Path = Path("params.yaml"), resume: bool = False,
+              root: Path = Path("."), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train on the augmented trainval split; returns the summary written to summary.json."""
+    cfg = load_config(root / params, overrides)
+    dist_info = init_distributed(cfg.train.device)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    dataset = DetectionDataset(root / TRAIN_JSON, train=True)
+    model = build_model(cfg, num_classes=cfg.model.num_classes or dataset.num_classes)
+    if dist_info.rank:
+        seed_everything(cfg.seed + dist_info.rank)  # but each rank samples anchors/RoIs its own way
+
+    checkpoint = root / CHECKPOINT
+    run_id = None
+    if resume and checkpoint.exists():
+        run_id = load_checkpoint(checkpoint).get("mlflow_run_id")
+    tracker = Tracker.disabled()
+    if dist_info.is_main:
+        tracker = Tracker.start(root, run_name=None, params=cfg.flat(),
+                                tags={**default_tags(root, cfg.data.dataset), "stage": "train"},
+                                run_id=run_id)
+    with tracker:
+        result = train(model, dataset, collate_fn, cfg, checkpoint, resume=resume,
+                       extra_state={"num_classes": dataset.num_classes,
+                                    "class_names": list(dataset.class_names),
+                                    "mlflow_run_id": tracker.run_id or ""},
+                       on_log=lambda step, row: tracker.log_metrics(
+                           {k: v for k, v in row.items() if k != "step"}, step=step),
+                       dist_info=dist_info)
+        if not dist_info.is_main:
+            return {}
+        last = result.history[-1] if result.history else {}
+        summary = {"steps": result.step, "train_seconds": round(result.seconds, 1),
+                   "images_per_s": round(result.images_per_s, 2),
+                   "final_loss": round(last.get("loss", float("nan")), 4),
+                   "world_size": dist_info.world_size}
+        _write_csv(root / TRAIN_REPORTS / "loss.csv", result.history)
+        _write_json(root / TRAIN_REPORTS / "summary.json", summary)
+        tracker.log_metrics({f"train.{k}": v for k, v in summary.items()})
+        tracker.log_artifact(root / TRAIN_REPORTS / "loss.csv")
+        tracker.log_dict(cfg.to_dict(), "params.json")
+        tracker.set_tags({"checkpoint": str(checkpoint.resolve())})
+    return summary
+
+
+def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
+                 checkpoint: Path = CHECKPOINT) -> dict[str, Any]:
+    """Detect on the test split, score with pycocotools and the VOC devkit rules, write reports."""
+    cfg = load_config(root / params)
+    state = load_checkpoint(root / checkpoint)
+    dataset = DetectionDataset(root / TEST_JSON, train=False, include_difficult=True)
+    if list(dataset.class_names) != list(state["class_names"]):
+        raise ValueError(f"{root / TEST_JSON}: classes {list(dataset.class_names)} differ from "
+                         f"the checkpoint's {state['class_names']}")
+    model = build_model(cfg, num_classes=state["num_classes"])
+    model.load_state_dict(state["model"])
+    device = select_device(cfg.train.device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size,
+                                         collate_fn=collate_fn, num_workers=cfg.train.num_workers)
+    results: list[dict[str, Any]] = []
+    preview: list[tuple[Any, Any]] = []
+    for image, target, det in predict(model, loader, device):
+        results.extend(to_coco_results(target["image_id"], det))
+        if len(preview) < cfg.eval.num_preview:
+            preview.append((image, target, det))
+    gt = json.loads((root / TEST_JSON).read_text())
+    coco = coco_metrics(gt, results)
+    voc = voc_metrics(gt, results)
+    names = list(dataset.class_names)
+    metrics = {"map": coco["map"], "ap50": coco["ap50"], "ap75": coco["ap75"],
+               "ap_small": coco["ap_small"], "ap_medium": coco["ap_medium"],
+               "ap_large": coco["ap_large"], "voc07_ap50": voc["voc07_map"],
+               "voc10_ap50": voc["voc10_map"], "num_images": len(dataset),
+               "num_detections": len(results)}
+    _write_json(root / DETECTIONS, results)
+    _write_json(root / REPORTS / "metrics.json", metrics)
+    write_per_class_csv(root / REPORTS / "per_class_ap.csv", coco, voc, names)
+    _write_csv(root / REPORTS / "pr_curves.csv", pr_curves_table(voc, names))
+    plot_pr_curves(voc, names, root / REPORTS / "pr_curves.png")
+    plot_detection_grid([(img * 255).byte().permute(1, 2, 0).numpy() for img, _, _ in preview],
+                        [{k: v.numpy() for k, v in d.items()} for _, _, d in preview],
+                        [{"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy()}
+                         for _, t, _ in preview], names, root / REPORTS / "detections.png")
+
+    run_id = state.get("mlflow_run_id") or None
+    tracker = Tracker.start(root, run_name=None, params={} if run_id else cfg.flat(),
+                            tags={**default_tags(root, cfg.data.dataset), "stage": "evaluate"},
+                            run_id=run_id)
+    with tracker:
+        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
+        tracker.log_metrics({f"ap50.{n}": float(coco["per_class_ap50"][n]) for n in names})
+        for name in ("metrics.json", "per_class_ap.csv", "pr_curves.png", "detections.png"):
+            tracker.log_artifact(root / REPORTS / name)
+    print(json.dumps(metrics, indent=2), file=sys.stderr)
+    return metrics
+
+
