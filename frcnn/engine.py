@@ -257,8 +257,8 @@ def train(
             bar.update(1)
             if step % t.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
-                row = {"step": step, "lr": lr, "loss": float(loss),
-                       **{k: float(v) for k, v in losses.items()},
+                row = {"step": step, "lr": lr, "loss": float(loss.detach()),
+                       **{k: float(v.detach()) for k, v in losses.items()},
                        "images_per_s": window_imgs / max(now - window_t, 1e-9)}
                 window_t, window_imgs = now, 0
                 history.append(row)
