@@ -108,3 +108,51 @@ def coverage(best_iou: np.ndarray, areas: np.ndarray, pos_thresh: float) -> Cove
                     mean_best_iou=float(best_iou.mean()) if len(best_iou) else float("nan"),
                     fraction_above_pos=float((best_iou >= pos_thresh).mean()) if len(best_iou) else float("nan"),
                     per_bucket=buckets, histogram=(edges.round(3).tolist(), counts.tolist()))
+
+
+def resized_gt(gt: dict, min_size: int, max_size: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """A COCO GT dict -> per image with non-crowd boxes: (boxes (G, 4) xyxy, (h, w)), both in
+    the resized image the model sees (short side min_size, long side <= max_size)."""
+    by_image: dict[int, list[list[float]]] = {}
+    for ann in gt["annotations"]:
+        if not ann.get("iscrowd", 0):
+            by_image.setdefault(ann["image_id"], []).append(ann["bbox"])
+    out = []
+    for img in gt["images"]:
+        if img["id"] not in by_image:
+            continue
+        h, w = img["height"], img["width"]
+        scale = min(min_size / min(h, w), max_size / max(h, w))
+        xywh = torch.tensor(by_image[img["id"]], dtype=torch.float32) * scale
+        xyxy = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), dim=1)
+        out.append((xyxy, (int(round(h * scale)), int(round(w * scale)))))
+    return out
+
+
+def analyze_coco(gt: dict, scales_px: tuple[float, ...], ratios: tuple[float, ...], stride: int,
+                 min_size: int, max_size: int, pos_thresh: float, border_tolerance: float,
+                 seed: int = 0) -> dict:
+    """Coverage of a COCO GT dict's non-crowd boxes by the configured anchors, and suggested
+    scales/ratios (the same counts) with the coverage they would reach."""
+    images = resized_gt(gt, min_size, max_size)
+    if not images:
+        raise ValueError("no (non-difficult) ground-truth boxes to analyse")
+
+    def best_for(scales, rats) -> np.ndarray:
+        return torch.cat([best_anchor_iou(b, size, tuple(scales), tuple(rats), stride,
+                                          border_tolerance) for b, size in images]).numpy()
+
+    boxes = torch.cat([b for b, _ in images])
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0).numpy()
+    best = best_for(scales_px, ratios)
+    cov = coverage(best, wh[:, 0] * wh[:, 1], pos_thresh)
+    centres = kmeans_iou(wh, len(scales_px) * len(ratios), seed=seed)
+    sug_scales, sug_ratios = factorise(centres, len(scales_px), len(ratios))
+    sug_best = best_for(sug_scales, sug_ratios)
+    return {"pos_iou_thresh": pos_thresh,
+            "configured": {"scales_px": list(scales_px), "ratios": list(ratios), **cov.to_dict()},
+            "suggested": {"scales_px": sug_scales, "ratios": sug_ratios,
+                          "mean_best_iou": float(sug_best.mean()),
+                          "fraction_above_pos_thresh": float((sug_best >= pos_thresh).mean()),
+                          "clusters_wh": centres.round(1).tolist()},
+            "best_iou": {"configured": best, "suggested": sug_best}}

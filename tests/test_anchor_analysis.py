@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from frcnn.anchor_analysis import best_anchor_iou, coverage, factorise, kmeans_iou, shape_iou
+from frcnn.anchor_analysis import (analyze_coco, best_anchor_iou, coverage, factorise,
+                                   kmeans_iou, shape_iou)
 
 
 def test_best_anchor_iou_on_a_known_grid():
@@ -49,3 +50,16 @@ def test_factorise_into_scales_and_ratios():
     centres = np.array([[32.0, 32.0], [64.0, 64.0], [128.0, 128.0]])
     scales, ratios = factorise(centres, num_scales=1, num_ratios=1)
     assert scales == [64.0] and ratios == [1.0]
+
+
+def test_analyze_coco_resizes_boxes_like_the_model_and_suggests_better_anchors():
+    # one 128x128 image upscaled to 256: a 16x16 GT becomes 32x32 at (32, 32) = exactly the
+    # 32-px anchor of cell (1, 1) at stride 16, centred at (40, 40) -> [24, 24, 56, 56]
+    gt = {"images": [{"id": 1, "width": 128, "height": 128}],
+          "annotations": [{"image_id": 1, "bbox": [12.0, 12.0, 16.0, 16.0], "iscrowd": 0},
+                          {"image_id": 1, "bbox": [60.0, 60.0, 30.0, 30.0], "iscrowd": 1}]}
+    out = analyze_coco(gt, (32.0,), (1.0,), stride=16, min_size=256, max_size=256,
+                       pos_thresh=0.7, border_tolerance=0)
+    assert out["configured"]["num_gt"] == 1  # the crowd (difficult) box is not counted
+    assert out["configured"]["mean_best_iou"] == pytest.approx(1.0)
+    assert out["suggested"]["scales_px"] == [32.0] and out["suggested"]["ratios"] == [1.0]

@@ -65,3 +65,10 @@ def build_backbone(name: str, pretrained: bool, frozen_bn: bool, freeze_stem: bo
     if name.endswith("_c4") and name.startswith("resnet50"):
         return Backbone(body, channels, stride, res5_head=net.layer4, res5_channels=2048)
     return Backbone(body, channels, stride, res5_head=None)
+
+
+def backbone_stride(name: str) -> int:
+    """Pixels per feature cell of the named backbone, without building it."""
+    if name not in _SPECS:
+        raise ValueError(f"model.backbone: unknown backbone {name!r} (known: {', '.join(_SPECS)})")
+    return _SPECS[name][4]

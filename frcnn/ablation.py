@@ -1,0 +1,212 @@
+"""Ablations: DVC experiments planned from `ablations.yaml`, compared from MLflow.
+
+A grid is a list of settings, each a dict of dotted params overrides (`{loss.lambda: 10}`);
+every setting runs once per seed as one `dvc exp run --queue -n <grid>-<i>-s<seed> -S ...`.
+Each run's MLflow tags say what it varies against its baseline params.yaml (`ablation.varied`,
+computed by diffing the params, so it cannot drift from what ran), its group and baseline rev.
+`compare` aggregates runs by setting (mean ± std over seeds) against the baseline setting.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from frcnn.config import ConfigError, config_from_dict
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str                      # DVC experiment name
+    overrides: dict[str, Any]      # dotted params -> value, seed included
+
+    def shell(self) -> str:
+        return shlex.join(self.command())
+
+    def command(self) -> list[str]:
+        cmd = ["dvc", "exp", "run", "--queue", "-n", self.name]
+        for key, value in self.overrides.items():
+            cmd += ["-S", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+        return cmd
+
+
+def load_grids(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """ablations.yaml -> {grid name: [settings]}; every setting is checked against the config."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    grids = raw.get("grids")
+    if not isinstance(grids, dict) or not grids:
+        raise ConfigError(f"{path}: needs a non-empty `grids:` mapping of name -> list of settings")
+    for name, settings in grids.items():
+        if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
+            raise ConfigError(f"{path}: grids.{name} must be a list of {{param: value}} mappings")
+        for s in settings:
+            try:
+                config_from_dict({}, s)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: grids.{name}: {exc}") from None
+    return grids
+
+
+def plan(grids: dict[str, list[dict[str, Any]]], grid: str | None, seeds: int,
+         extra: dict[str, Any] | None = None) -> list[PlannedRun]:
+    """The runs of one grid (or all), each setting once per seed 0..seeds-1, plus `extra` overrides
+    (e.g. `train.max_steps` for a quick CPU study)."""
+    if grid is not None and grid not in grids:
+        raise ConfigError(f"--grid {grid}: unknown grid (known: {', '.join(grids)})")
+    runs = []
+    for name in [grid] if grid else list(grids):
+        for i, setting in enumerate(grids[name]):
+            for seed in range(seeds):
+                runs.append(PlannedRun(f"{name}-{i}-s{seed}", {**setting, **(extra or {}), "seed": seed}))
+    return runs
+
+
+def queue_and_run(runs: list[PlannedRun], cwd: Path, jobs: int = 1) -> None:
+    for run in runs:
+        subprocess.run(run.command(), cwd=cwd, check=True)
+    subprocess.run(["dvc", "exp", "run", "--run-all", "-j", str(jobs)], cwd=cwd, check=True)
+
+
+# ---------------------------------------------------------------- tags for a run
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def varied_params(current: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys whose value differs from the baseline's -> current value (seed excluded)."""
+    a, b = _flat(current), _flat(baseline)
+    return {k: a.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "seed"}
+
+
+def baseline_params(project_root: Path, rev: str | None) -> dict[str, Any] | None:
+    """params.yaml at `rev` (the experiment's baseline commit), as a full config dict."""
+    try:
+        text = subprocess.run(["git", "show", f"{rev or 'HEAD'}:params.yaml"], cwd=project_root,
+                              capture_output=True, text=True, check=True).stdout
+        return config_from_dict(yaml.safe_load(text) or {}).to_dict()
+    except (subprocess.CalledProcessError, FileNotFoundError, ConfigError, yaml.YAMLError):
+        return None
+
+
+def ablation_tags(project_root: Path, current: dict[str, Any]) -> dict[str, str]:
+    """ablation.group / .varied / .baseline for the MLflow run of the current params."""
+    exp = os.environ.get("DVC_EXP_NAME", "")
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or None
+    base = baseline_params(project_root, rev)
+    tags = {"ablation.group": exp.rsplit("-", 2)[0] if exp.count("-") >= 2 else (exp or "workspace"),
+            "ablation.baseline": rev or "HEAD"}
+    if base is not None:
+        varied = varied_params(current, base)
+        tags["ablation.varied"] = "; ".join(f"{k}={v}" for k, v in varied.items()) or "baseline"
+    return tags
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return mean, std
+
+
+COLUMNS = [("map", "mAP@[.5:.95]"), ("ap50", "AP50 (COCO)"), ("voc07_ap50", "VOC07 AP50")]
+
+
+def ablation_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """runs [{varied, group, metrics{...}}] -> one row per setting, baseline first, with mean, std,
+    n and delta vs the baseline setting for each metric."""
+    # keys every run shares (e.g. a study-wide train.max_steps) say nothing about the setting
+    parsed = [set() if r["varied"] == "baseline" else set(r["varied"].split("; ")) for r in runs]
+    common = set.intersection(*parsed) if parsed else set()
+    by_setting: dict[str, list[dict[str, Any]]] = {}
+    for run, items in zip(runs, parsed):
+        label = "; ".join(sorted(items - common)) or "baseline"
+        by_setting.setdefault(label, []).append(run)
+    base_runs = by_setting.get("baseline", [])
+    base = {k: _mean_std([r["metrics"].get(k) for r in base_runs])[0] for k, _ in COLUMNS}
+    rows = []
+    for varied in sorted(by_setting, key=lambda v: (v != "baseline", v)):
+        group = by_setting[varied]
+        row: dict[str, Any] = {"setting": varied,
+                               "group": ",".join(sorted({r["group"] for r in group})),
+                               "runs": len(group)}
+        for key, _ in COLUMNS:
+            mean, std = _mean_std([r["metrics"].get(key) for r in group])
+            row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+            row[f"{key}_delta"] = mean - base[key] if base_runs else float("nan")
+        row["train_seconds"] = _mean_std([r["metrics"].get("train.train_seconds") for r in group])[0]
+        row["images_per_s"] = _mean_std([r["metrics"].get("train.images_per_s") for r in group])[0]
+        rows.append(row)
+    return rows
+
+
+def runs_from_mlflow(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
+    """Finished runs with an evaluation (metric `map`) from the MLflow store."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    out = []
+    for run in client.search_runs([exp.experiment_id], filter_string="metrics.map >= 0",
+                                  max_results=5000):
+        tags = run.data.tags
+        out.append({"run_id": run.info.run_id, "varied": tags.get("ablation.varied", "baseline"),
+                    "group": tags.get("ablation.group", ""), "metrics": dict(run.data.metrics)})
+    return out
+
+
+PUBLISHED = [  # the reference design's baseline table: published numbers, VOC2007 test, AP50
+    ("Selective Search + CNN (R-CNN)", 58.5, "~47 s/image"),
+    ("Fast R-CNN", 66.9, "~2 s/image"),
+    ("Faster R-CNN (VGG16, VOC07 trainval)", 69.9, "0.2 s/image"),
+]
+
+
+def _fmt(mean: float, std: float, runs: int) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.3f} ± {std:.3f}" if runs > 1 else f"{mean:.3f}"
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    head = ["setting", "runs"] + [f"{label}" for _, label in COLUMNS] + ["Δ mAP", "Δ AP50",
+                                                                         "train s", "img/s"]
+    lines = ["# Ablations (measured here)", "",
+             "Mean ± sample std over seeds; Δ against the `baseline` setting (params.yaml as "
+             "committed). COCO AP50 (101-point, IoU ≥ 0.5, pycocotools) and VOC07 AP50 (11-point, "
+             "devkit rules) are different metrics: compare like with like.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["setting"], str(r["runs"])] + [_fmt(r[f"{k}_mean"], r[f"{k}_std"], r["runs"])
+                                                  for k, _ in COLUMNS]
+        cells += [f"{r['map_delta']:+.3f}" if not math.isnan(r["map_delta"]) else "–",
+                  f"{r['ap50_delta']:+.3f}" if not math.isnan(r["ap50_delta"]) else "–",
+                  f"{r['train_seconds']:.0f}" if not math.isnan(r["train_seconds"]) else "–",
+                  f"{r['images_per_s']:.1f}" if not math.isnan(r["images_per_s"]) else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "# Published results (not measured here; VOC2007 test, AP50 %)", "",
+              "| method | mAP (VOC07) | speed |", "|---|---|---|"]
+    lines += [f"| {m} | {ap} | {speed} |" for m, ap, speed in PUBLISHED]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,96 @@
+"""Using a trained checkpoint: load it as a detector, run it on image files.
+
+`frcnn predict PATH... --checkpoint models/model.pt` writes, per image, `<stem>.json`
+({"image", "width", "height", "detections": [{label, class, score, box xyxy}]}) and `<stem>.png`
+with the boxes drawn. Unreadable files are reported and skipped; the rest are still processed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from frcnn.checkpoint import load_checkpoint
+from frcnn.config import config_from_dict
+from frcnn.model.faster_rcnn import FasterRCNN, build_model
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def load_detector(checkpoint: Path, device: torch.device | str = "cpu"
+                  ) -> tuple[FasterRCNN, list[str]]:
+    """A checkpoint -> (model in eval mode, class names). The config travels in the checkpoint."""
+    state = load_checkpoint(checkpoint)
+    cfg = config_from_dict(state["config"])
+    model = build_model(cfg, num_classes=state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.eval().to(device), list(state["class_names"])
+
+
+def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files as given, folders expanded (sorted) to the image files they hold."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image file -> (3, H, W) float in [0, 1]; raises ValueError naming the file."""
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable image ({exc})") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def detections_to_json(path: Path, image: torch.Tensor, det: dict[str, torch.Tensor],
+                       class_names: list[str]) -> dict[str, Any]:
+    return {"image": str(path), "height": int(image.shape[1]), "width": int(image.shape[2]),
+            "detections": [{"label": int(lab), "class": class_names[int(lab) - 1],
+                            "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+                           for b, lab, s in zip(det["boxes"], det["labels"], det["scores"])]}
+
+
+@torch.inference_mode()
+def predict_files(model: FasterRCNN, class_names: list[str], paths: Iterable[Path], out_dir: Path,
+                  conf: float = 0.5) -> tuple[list[Path], list[str]]:
+    """Detect on every image file; returns (JSON files written, one error line per skipped file)."""
+    from frcnn.reports import atomic_savefig, atomic_write_text
+    from frcnn.visualize import draw_boxes, show_image
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    written, errors = [], []
+    for path in iter_image_files(paths):
+        try:
+            image = read_image(path)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        det = model([image.to(device)])[0]
+        keep = det["scores"] >= conf
+        det = {k: v[keep].cpu() for k, v in det.items()}
+        record = detections_to_json(path, image, det, class_names)
+        json_path = out_dir / f"{path.stem}.json"
+        atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
+        fig, ax = plt.subplots(figsize=(6, 6 * image.shape[1] / image.shape[2]))
+        show_image(ax, image.permute(1, 2, 0).numpy(), title=path.name)
+        draw_boxes(ax, det["boxes"].numpy(), det["labels"].tolist(), class_names,
+                   scores=det["scores"].tolist())
+        atomic_savefig(fig, out_dir / f"{path.stem}.png")
+        plt.close(fig)
+        written.append(json_path)
+    return written, errors
+
+
+__all__ = ["load_detector", "predict_files", "read_image", "iter_image_files"]
