@@ -1,0 +1,331 @@
+"""The preprocess stage: `data/raw/` (VOC layout + manifest) -> COCO JSON per split + a data report.
+
+Writes `data/processed/{trainval,test}.json` (the COCO contract in `frcnn.data`), and
+`reports/data_summary.json`, `reports/data_summary.png` (objects per class, box sizes) and
+`reports/data_preview.png` (training images with their GT boxes; difficult ones dashed).
+
+Bad input is handled and reported, never silent (every case is in the summary's `issues` with the
+file name, and in its counts):
+- box partly outside the image (JPEG size) -> clipped (`boxes_clipped`);
+- xmax < xmin, ymax < ymin, or nothing left after clipping -> dropped (`boxes_dropped`);
+- class not in the class list -> `data.unknown_class: error` stops with the file and class named,
+  `drop` drops the object (`objects_dropped_unknown_class`);
+- malformed/unsafe XML, missing or unreadable/truncated JPEG -> the image is skipped
+  (`images_skipped`; `images_listed` vs `images` per split shows the change);
+- XML `<size>` different from the JPEG's -> the JPEG's size is used (`size_mismatches`).
+The class list: `data.classes` if set, else VOC's 20 classes for voc2007/voc0712, else the sorted
+names found in all annotation files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from frcnn.config import Config
+from frcnn.data.io import (DataError, atomic_save_figure, atomic_write_json, progress_bar,
+                           replace_dir, staging_dir)
+from frcnn.data.voc import VOC_CLASSES, AnnotationError, VocAnnotation, parse_voc_xml, voc_to_xyxy
+
+RAW_DIR = Path("data/raw")
+PROCESSED_DIR = Path("data/processed")
+REPORTS_DIR = Path("reports")
+SPLITS = ("trainval", "test")
+
+
+@dataclass
+class _Report:
+    """Counts and issues gathered while converting; becomes reports/data_summary.json."""
+
+    issues: list[dict[str, str]] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, kind: str, file: Path | str, split: str, problem: str) -> None:
+        self.counts[kind] += 1
+        self.issues.append({"file": str(file), "split": split, "kind": kind, "problem": problem})
+
+
+def load_manifest(raw_dir: Path) -> dict[str, Any]:
+    path = Path(raw_dir) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the download stage (`frcnn download`) first")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_ids(path: Path) -> list[str]:
+    """Image ids of a VOC ImageSets list (first column; per-class lists have a second)."""
+    try:
+        return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read split list ({exc.strerror or exc})") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image, after decoding it fully: a truncated JPEG raises OSError."""
+    with Image.open(path) as im:
+        w, h = im.size
+        # Decode at reduced scale (JPEG DCT scaling): a fraction of the cost, and a cut-off
+        # file still runs out of data and raises.
+        im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+        im.load()
+    return w, h
+
+
+def _image_path(root_dir: Path, image_id: str, ann: VocAnnotation) -> Path:
+    path = root_dir / "JPEGImages" / f"{image_id}.jpg"
+    if not path.exists() and ann.filename:  # labelImg: file name need not match the XML's
+        alt = root_dir / "JPEGImages" / ann.filename
+        if alt.exists():
+            return alt
+    return path
+
+
+def _convert_objects(ann: VocAnnotation, width: int, height: int, classes: dict[str, int],
+                     unknown: str, rel_xml: str, split: str, report: _Report
+                     ) -> list[tuple[int, tuple[float, float, float, float], bool, bool]]:
+    """(category id, 0-based xyxy box, difficult, truncated) per kept object."""
+    out = []
+    for i, obj in enumerate(ann.objects):
+        what = f"object {i} ({obj.name})"
+        if obj.name not in classes:
+            if unknown == "error":
+                raise DataError(f"{ann.path}: {what}: unknown class {obj.name!r} (known: "
+                                f"{', '.join(classes)}); set data.unknown_class: drop to skip it")
+            report.add("objects_dropped_unknown_class", rel_xml, split,
+                       f"{what}: unknown class, dropped")
+            continue
+        x1, y1, x2, y2 = voc_to_xyxy(obj.bndbox)
+        if x2 <= x1 or y2 <= y1:
+            report.add("boxes_dropped", rel_xml, split,
+                       f"{what}: empty box {obj.bndbox} (max < min), dropped")
+            continue
+        c = (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
+             min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+        if c[2] <= c[0] or c[3] <= c[1]:
+            report.add("boxes_dropped", rel_xml, split,
+                       f"{what}: box {obj.bndbox} lies outside the {width}x{height} image, dropped")
+            continue
+        if c != (x1, y1, x2, y2):
+            report.add("boxes_clipped", rel_xml, split,
+                       f"{what}: box {obj.bndbox} exceeds the {width}x{height} image, clipped")
+        out.append((classes[obj.name], c, obj.difficult, obj.truncated))
+    return out
+
+
+def _discover_classes(anns: list[VocAnnotation]) -> tuple[str, ...]:
+    return tuple(sorted({o.name for a in anns for o in a.objects}))
+
+
+def run_preprocess(cfg: Config, raw_dir: str | Path = RAW_DIR,
+                   out_dir: str | Path = PROCESSED_DIR, reports_dir: str | Path = REPORTS_DIR,
+                   progress: bool = True) -> dict[str, Any]:
+    """Convert `raw_dir` to COCO JSON in `out_dir` and write the data report; returns the summary."""
+    raw_dir, out_dir, reports_dir = Path(raw_dir), Path(out_dir), Path(reports_dir)
+    manifest = load_manifest(raw_dir)
+    report = _Report()
+
+    # Pass 1: read every listed annotation (the class list may depend on all of them).
+    parsed: dict[str, list[tuple[str, str, VocAnnotation | None]]] = {}
+    for split in SPLITS:
+        rows = []
+        seen: set[tuple[str, str]] = set()
+        for entry in manifest["splits"].get(split, []):
+            root = entry["root"]
+            for image_id in read_ids(raw_dir / entry["ids"]):
+                if (root, image_id) in seen:
+                    report.add("duplicates", f"{entry['ids']}", split,
+                               f"image {image_id} listed twice; kept once")
+                    continue
+                seen.add((root, image_id))
+                xml = raw_dir / root / "Annotations" / f"{image_id}.xml"
+                try:
+                    rows.append((root, image_id, parse_voc_xml(xml)))
+                except AnnotationError as exc:
+                    report.add("images_skipped", xml.relative_to(raw_dir), split,
+                               str(exc).removeprefix(f"{xml}: "))
+                    rows.append((root, image_id, None))
+        parsed[split] = rows
+
+    if cfg.data.classes is not None:
+        class_names = tuple(cfg.data.classes)
+    elif manifest.get("class_order") == "voc":
+        class_names = VOC_CLASSES
+    else:
+        class_names = _discover_classes([a for rows in parsed.values() for *_, a in rows if a])
+    if not class_names:
+        raise DataError(f"{raw_dir}: no objects in any annotation file, so no classes to learn")
+    classes = {name: i + 1 for i, name in enumerate(class_names)}
+
+    # Pass 2: check images, convert boxes, build the COCO dicts.
+    cocos: dict[str, dict[str, Any]] = {}
+    split_stats: dict[str, dict[str, Any]] = {}
+    for split, rows in parsed.items():
+        images, annotations = [], []
+        bar = progress_bar(rows, enabled=progress, desc=f"preprocess {split}", unit="img")
+        for root, image_id, ann in bar:
+            if ann is None:
+                continue  # reported in pass 1
+            rel_xml = (Path(root) / "Annotations" / f"{image_id}.xml").as_posix()
+            jpg = _image_path(raw_dir / root, image_id, ann)
+            try:
+                width, height = image_size(jpg)
+            except FileNotFoundError:
+                report.add("images_skipped", jpg.relative_to(raw_dir), split, "image file missing")
+                continue
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                report.add("images_skipped", jpg.relative_to(raw_dir), split,
+                           f"unreadable or truncated image ({exc})")
+                continue
+            if (ann.width, ann.height) != (width, height) and ann.width is not None:
+                report.add("size_mismatches", rel_xml, split,
+                           f"XML size {ann.width}x{ann.height} differs from the image's "
+                           f"{width}x{height}; using the image's")
+            objects = _convert_objects(ann, width, height, classes, cfg.data.unknown_class,
+                                       rel_xml, split, report)
+            image_index = len(images) + 1
+            images.append({"id": image_index,
+                           "file_name": os.path.relpath(jpg, out_dir).replace(os.sep, "/"),
+                           "width": width, "height": height, "voc_id": image_id, "voc_root": root})
+            for cat, (x1, y1, x2, y2), difficult, truncated in objects:
+                w, h = x2 - x1, y2 - y1
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_index, "category_id": cat,
+                    "bbox": [round(x1, 2), round(y1, 2), round(w, 2), round(h, 2)],
+                    "area": round(w * h, 2), "iscrowd": int(difficult),  # pycocotools: ignore
+                    "difficult": int(difficult), "truncated": int(truncated)})
+        cocos[split] = {
+            "info": {"description": f"{manifest['dataset']} {split}, converted by frcnn preprocess",
+                     "bbox": "xywh, 0-based continuous pixels; iscrowd=1 marks VOC difficult"},
+            "images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n, "supercategory": "none"}
+                           for i, n in enumerate(class_names)]}
+        split_stats[split] = _split_stats(rows, cocos[split], class_names)
+
+    summary = {
+        "dataset": manifest["dataset"], "num_classes": len(class_names), "classes": list(class_names),
+        "splits": split_stats,
+        "images": sum(s["images"] for s in split_stats.values()),
+        "objects": sum(s["objects"] for s in split_stats.values()),
+        "difficult": sum(s["difficult"] for s in split_stats.values()),
+        "images_without_objects": sum(s["images_without_objects"] for s in split_stats.values()),
+        **{k: report.counts.get(k, 0) for k in ("images_skipped", "boxes_clipped", "boxes_dropped",
+                                                "objects_dropped_unknown_class", "size_mismatches",
+                                                "duplicates")},
+        "issues": report.issues,
+    }
+
+    staging = staging_dir(out_dir)
+    try:
+        for split, coco in cocos.items():
+            atomic_write_json(staging / f"{split}.json", coco, indent=None)
+        replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    atomic_write_json(reports_dir / "data_summary.json", summary)
+    plot_summary(cocos, class_names, reports_dir / "data_summary.png")
+    plot_preview(out_dir / "trainval.json", reports_dir / "data_preview.png")
+    for split, s in split_stats.items():
+        print(f"preprocess: {split}: {s['images']} of {s['images_listed']} listed images, "
+              f"{s['objects']} objects ({s['difficult']} difficult)")
+    if report.issues:
+        print(f"preprocess: {len(report.issues)} issues, listed in {reports_dir / 'data_summary.json'}")
+    return summary
+
+
+def _split_stats(rows: list, coco: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any]:
+    anns = coco["annotations"]
+    with_objects = {a["image_id"] for a in anns}
+    per_class = {n: {"objects": 0, "difficult": 0} for n in class_names}
+    for a in anns:
+        c = per_class[class_names[a["category_id"] - 1]]
+        c["objects"] += 1
+        c["difficult"] += a["difficult"]
+    return {"images_listed": len(rows), "images": len(coco["images"]), "objects": len(anns),
+            "difficult": sum(a["difficult"] for a in anns),
+            "truncated": sum(a["truncated"] for a in anns),
+            "images_without_objects": len(coco["images"]) - len(with_objects),
+            "per_class": per_class}
+
+
+# ---------------------------------------------------------------- plots
+
+
+def plot_summary(cocos: dict[str, dict[str, Any]], class_names: tuple[str, ...], path: Path) -> None:
+    """Objects per class (per split, difficult hatched) and a histogram of box sizes sqrt(w*h)."""
+    import frcnn.visualize  # noqa: F401  (selects the headless Agg backend)
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
+    x = np.arange(len(class_names))
+    width = 0.8 / max(1, len(cocos))
+    for k, (split, coco) in enumerate(cocos.items()):
+        total = np.zeros(len(class_names))
+        diff = np.zeros(len(class_names))
+        for a in coco["annotations"]:
+            total[a["category_id"] - 1] += 1
+            diff[a["category_id"] - 1] += a["difficult"]
+        bars = ax1.bar(x + k * width, total - diff, width, label=split)
+        ax1.bar(x + k * width, diff, width, bottom=total - diff, hatch="//", alpha=0.5,
+                color=bars.patches[0].get_facecolor() if bars.patches else None,
+                label=f"{split} difficult")
+    ax1.set_xticks(x + width * (len(cocos) - 1) / 2, class_names, rotation=60, ha="right",
+                   fontsize=8)
+    ax1.set_ylabel("objects")
+    ax1.set_title("objects per class")
+    ax1.legend(fontsize=7)
+    sizes = {split: [math.sqrt(max(a["area"], 1.0)) for a in coco["annotations"]]
+             for split, coco in cocos.items()}
+    everything = [v for vs in sizes.values() for v in vs]
+    if everything:
+        bins = np.geomspace(max(1.0, min(everything)), max(everything) + 1, 30)
+        for split, vs in sizes.items():
+            ax2.hist(vs, bins=bins, alpha=0.6, label=split)
+    ax2.set_xscale("log")
+    ticks = [t for t in (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+             if everything and min(everything) / 2 <= t <= max(everything) * 2]
+    ax2.set_xticks(ticks, [str(t) for t in ticks])
+    ax2.minorticks_off()
+    ax2.set_xlabel("box size sqrt(w*h), px")
+    ax2.set_ylabel("objects")
+    ax2.set_title("box sizes")
+    ax2.legend(fontsize=7)
+    atomic_save_figure(fig, path)
+
+
+def plot_preview(json_path: Path, path: Path, n: int = 12, cols: int = 4) -> None:
+    """The first `n` images of a COCO JSON with their GT boxes (difficult dashed)."""
+    import matplotlib.pyplot as plt
+
+    from frcnn.visualize import draw_boxes, show_image
+
+    coco = json.loads(Path(json_path).read_text())
+    names = [c["name"] for c in coco["categories"]]
+    images = coco["images"][:n]
+    rows = max(1, math.ceil(len(images) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, im in zip(axes.flat, images):
+        pixels = np.asarray(Image.open(Path(json_path).parent / im["file_name"]).convert("RGB"))
+        show_image(ax, pixels, title=im.get("voc_id", str(im["id"])))
+        for a in by_image.get(im["id"], []):
+            x, y, w, h = a["bbox"]
+            draw_boxes(ax, [[x, y, x + w, y + h]], [a["category_id"]], names,
+                       linestyle="--" if a["difficult"] else "-")
+    atomic_save_figure(fig, path, dpi=72)

@@ -1,0 +1,81 @@
+"""The embedded dataset: exact VOC layout, determinism, and a task that is not a toy."""
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from frcnn.config import SynthConfig
+from frcnn.data.synth import (CLASSES, DIFFICULT_SIZE, DIFFICULT_VISIBLE, generate_synth,
+                              image_rng, render_image)
+from frcnn.data.voc import parse_voc_xml
+
+SMALL = SynthConfig(num_trainval=6, num_test=3, image_size=96, seed=7)
+
+
+def test_writes_exact_voc_layout(tmp_path):
+    counts = generate_synth(tmp_path, SMALL, progress=False)
+    assert counts["images"] == 9
+    main = tmp_path / "ImageSets" / "Main"
+    trainval = main.joinpath("trainval.txt").read_text().split()
+    test = main.joinpath("test.txt").read_text().split()
+    assert trainval == [f"{i:06d}" for i in range(1, 7)] and test == ["000007", "000008", "000009"]
+    assert sorted(main.joinpath("train.txt").read_text().split()
+                  + main.joinpath("val.txt").read_text().split()) == trainval
+    for c in CLASSES:  # VOC's per-class lists: "<id> <1|0|-1>"
+        rows = [line.split() for line in main.joinpath(f"{c}_test.txt").read_text().splitlines()]
+        assert [r[0] for r in rows] == test and {r[1] for r in rows} <= {"1", "0", "-1"}
+    for image_id in trainval + test:
+        ann = parse_voc_xml(tmp_path / "Annotations" / f"{image_id}.xml")
+        with Image.open(tmp_path / "JPEGImages" / f"{image_id}.jpg") as im:
+            assert im.size == (96, 96) and im.mode == "RGB" and im.format == "JPEG"
+        assert (ann.filename, ann.width, ann.height) == (f"{image_id}.jpg", 96, 96)
+        for o in ann.objects:
+            xmin, ymin, xmax, ymax = o.bndbox
+            assert o.name in CLASSES
+            assert all(float(v).is_integer() for v in o.bndbox)  # VOC: integer pixel indices
+            assert 1 <= xmin <= xmax <= 96 and 1 <= ymin <= ymax <= 96  # 1-based inclusive
+    xml = (tmp_path / "Annotations" / "000001.xml").read_text()
+    for tag in ("<folder>SYNTH</folder>", "<depth>3</depth>", "<segmented>0</segmented>"):
+        assert tag in xml
+
+
+def test_same_seed_same_bytes_other_seed_different(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate_synth(a, SMALL, progress=False)
+    generate_synth(b, SMALL, progress=False)
+    generate_synth(c, SynthConfig(num_trainval=6, num_test=3, image_size=96, seed=8), progress=False)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert (a / "JPEGImages/000001.jpg").read_bytes() != (c / "JPEGImages/000001.jpg").read_bytes()
+
+
+def test_image_depends_only_on_seed_split_and_index():
+    x1, o1 = render_image(image_rng(0, "test", 5), 64)
+    render_image(image_rng(0, "test", 4), 64)  # drawing another image in between changes nothing
+    x2, o2 = render_image(image_rng(0, "test", 5), 64)
+    assert np.array_equal(x1, x2) and o1 == o2
+
+
+def test_a_real_detection_task():
+    """Over 120 images: all classes, small to large objects, varied shapes, occlusion, difficult
+    and truncated objects, some empty images, annotations following the documented rules."""
+    size = 128
+    objects, empty = [], 0
+    for i in range(120):
+        _, objs = render_image(image_rng(1, "trainval", i), size)
+        objects += objs
+        empty += not objs
+    assert {o.name for o in objects} == set(CLASSES) and len(CLASSES) >= 5
+    assert 1 <= empty <= 20
+    sides = [math.sqrt((o.bndbox[2] - o.bndbox[0] + 1) * (o.bndbox[3] - o.bndbox[1] + 1))
+             for o in objects]
+    assert min(sides) < 16 and max(sides) > 0.6 * size
+    aspects = [(o.bndbox[2] - o.bndbox[0] + 1) / (o.bndbox[3] - o.bndbox[1] + 1) for o in objects]
+    assert min(aspects) < 0.6 and max(aspects) > 1.7
+    assert any(o.visible < 0.9 and not o.truncated for o in objects)  # occluded by others
+    assert 0.02 < np.mean([o.difficult for o in objects]) < 0.25
+    assert 0.05 < np.mean([o.truncated for o in objects]) < 0.6
+    for o, side in zip(objects, sides):
+        assert o.difficult == (o.visible < DIFFICULT_VISIBLE or side < DIFFICULT_SIZE)
