@@ -210,3 +210,33 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
               "| method | mAP (VOC07) | speed |", "|---|---|---|"]
     lines += [f"| {m} | {ap} | {speed} |" for m, ap, speed in PUBLISHED]
     return "\n".join(lines) + "\n"
+
+
+def write_ablation_outputs(rows: list[dict[str, Any]], markdown: str, out: Path) -> None:
+    """reports/ablations.md, .csv and .png (mAP and AP50 per setting, error bars over seeds)."""
+    import csv
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from frcnn.reports import atomic_savefig, atomic_write_text
+
+    atomic_write_text(out / "ablations.md", markdown)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "ablations.csv", buf.getvalue())
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    x = range(len(rows))
+    for offset, (key, label) in zip((-0.2, 0.2), COLUMNS[:2]):
+        ax.bar([i + offset for i in x], [r[f"{key}_mean"] for r in rows], width=0.4,
+               yerr=[r[f"{key}_std"] for r in rows], capsize=3, label=label)
+    ax.set_xticks(list(x), [r["setting"].replace("; ", "\n") for r in rows], fontsize=7,
+                  rotation=20, ha="right")
+    ax.set_ylabel("AP on the test split")
+    ax.set_title("Ablations vs baseline (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, out / "ablations.png")
+    plt.close(fig)

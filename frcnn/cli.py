@@ -38,6 +38,51 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _load(params: Path, set_: list[str] | None):
+    from frcnn.config import load_config
+
+    try:
+        return load_config(params, parse_overrides(set_))
+    except ConfigError as exc:
+        _fail(exc)
+
+
+@app.command()
+def download(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Get the dataset of `data.dataset` into data/raw/ (VOC: MD5-checked, mirrors, resume)."""
+    from frcnn.data.download import run_download
+    from frcnn.data.io import DataError
+
+    try:
+        run_download(_load(params, set_))
+    except DataError as exc:
+        _fail(exc)
+
+
+@app.command()
+def preprocess(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """VOC XML -> COCO JSON per split (data/processed/), data summary and plots in reports/."""
+    from frcnn.data.io import DataError
+    from frcnn.data.preprocess import run_preprocess
+
+    try:
+        run_preprocess(_load(params, set_))
+    except DataError as exc:
+        _fail(exc)
+
+
+@app.command()
+def augment(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Materialise augmented training copies (data/augmented/) and reports/augment_preview.png."""
+    from frcnn.data.augment import run_augment
+    from frcnn.data.io import DataError
+
+    try:
+        run_augment(_load(params, set_))
+    except DataError as exc:
+        _fail(exc)
+
+
 @app.command()
 def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
           resume: Annotated[bool, typer.Option(help="continue from models/model.pt")] = False) -> None:
@@ -64,6 +109,138 @@ def evaluate(params: ParamsOpt = Path("params.yaml"),
         run_evaluate(params, checkpoint=checkpoint)
     except (ConfigError, CheckpointError, ValueError) as exc:
         _fail(exc)
+
+
+@app.command()
+def predict(paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
+            checkpoint: Annotated[Path, typer.Option(help="trained checkpoint")] = Path("models/model.pt"),
+            conf: Annotated[float, typer.Option(help="minimum score to keep")] = 0.5,
+            out: Annotated[Path, typer.Option(help="output folder")] = Path("predictions")) -> None:
+    """Detect objects in images: a JSON of detections and a drawn PNG per image."""
+    from frcnn.checkpoint import CheckpointError
+    from frcnn.inference import load_detector, predict_files
+
+    try:
+        model, names = load_detector(checkpoint)
+    except CheckpointError as exc:
+        _fail(exc)
+    written, errors = predict_files(model, names, paths, out, conf=conf)
+    for line in errors:
+        typer.echo(f"skipped: {line}", err=True)
+    typer.echo(f"{len(written)} image(s) -> {out}/ ({len(errors)} skipped)")
+    if not written and errors:
+        raise typer.Exit(code=1)
+
+
+anchors_app = typer.Typer(no_args_is_help=True, help="Look at the anchors before training.")
+app.add_typer(anchors_app, name="anchors")
+
+DataOpt = Annotated[Path, typer.Option(help="COCO-format GT json")]
+
+
+@anchors_app.command("analyze")
+def anchors_analyze(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                    data: DataOpt = Path("data/processed/trainval.json"),
+                    out: Annotated[Path, typer.Option(help="output folder")] = Path("reports")) -> None:
+    """How well the configured anchors cover the GT boxes; k-means suggestions; JSON + plot."""
+    import json
+
+    from frcnn.anchor_analysis import analyze_coco
+    from frcnn.anchors import anchor_scales_px
+    from frcnn.config import load_config
+    from frcnn.model.backbone import backbone_stride
+    from frcnn.anchor_plots import plot_anchor_coverage
+    from frcnn.reports import atomic_write_text
+
+    try:
+        cfg = load_config(params, parse_overrides(set_))
+        gt = json.loads(Path(data).read_text())
+    except (ConfigError, OSError, json.JSONDecodeError) as exc:
+        _fail(exc)
+    stride = backbone_stride(cfg.model.backbone)
+    result = analyze_coco(gt, anchor_scales_px(cfg.anchors.scales, cfg.anchors.unit, stride),
+                          cfg.anchors.ratios, stride, cfg.model.min_size, cfg.model.max_size,
+                          cfg.rpn.pos_iou_thresh, cfg.rpn.border_tolerance, seed=cfg.seed)
+    best = result.pop("best_iou")
+    atomic_write_text(out / "anchor_coverage.json", json.dumps(result, indent=2) + "\n")
+    plot_anchor_coverage(best, result, out / "anchor_coverage.png")
+    c, s = result["configured"], result["suggested"]
+    typer.echo(f"configured scales {c['scales_px']} ratios {c['ratios']}: mean best IoU "
+               f"{c['mean_best_iou']:.3f}, {100 * c['fraction_above_pos_thresh']:.1f}% of "
+               f"{c['num_gt']} GT boxes reach IoU {result['pos_iou_thresh']}")
+    typer.echo(f"suggested  scales {s['scales_px']} ratios {s['ratios']}: mean best IoU "
+               f"{s['mean_best_iou']:.3f}, {100 * s['fraction_above_pos_thresh']:.1f}% reach it")
+    typer.echo(f"-> {out / 'anchor_coverage.json'}, {out / 'anchor_coverage.png'}")
+
+
+@anchors_app.command("show")
+def anchors_show(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                 data: DataOpt = Path("data/processed/trainval.json"),
+                 index: Annotated[int, typer.Option(help="which image of the json")] = 0,
+                 out: Annotated[Path, typer.Option(help="PNG to write")] = Path("reports/anchors.png")
+                 ) -> None:
+    """Draw the anchors of a few feature cells and the GT boxes on a training image."""
+    import json
+
+    from frcnn.config import load_config
+    from frcnn.anchor_plots import plot_anchors
+
+    try:
+        cfg = load_config(params, parse_overrides(set_))
+        gt = json.loads(Path(data).read_text())
+        plot_anchors(cfg, gt, Path(data).parent, index, out)
+    except (ConfigError, OSError, json.JSONDecodeError, IndexError) as exc:
+        _fail(exc)
+    typer.echo(f"-> {out}")
+
+
+@app.command()
+def report(params: ParamsOpt = Path("params.yaml")) -> None:
+    """This run's report: reports/report.md (metrics, per-class AP, published baselines)."""
+    from frcnn.pipeline import run_report
+
+    try:
+        path = run_report(params)
+    except (ConfigError, OSError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"-> {path}")
+
+
+@app.command()
+def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml (default: all)")] = None,
+           seeds: Annotated[int, typer.Option(min=1, help="runs per setting, seeds 0..N-1")] = 1,
+           set_: SetOpt = None,
+           grids_file: Annotated[Path, typer.Option("--grids", help="grid file")] = Path("ablations.yaml"),
+           dry_run: Annotated[bool, typer.Option(help="print the dvc commands only")] = False,
+           jobs: Annotated[int, typer.Option(min=1, help="experiments at once")] = 1) -> None:
+    """Queue the ablation grid as DVC experiments and run them (`dvc exp run --run-all`)."""
+    from frcnn.ablation import load_grids, plan, queue_and_run
+
+    try:
+        runs = plan(load_grids(grids_file), grid, seeds, parse_overrides(set_))
+    except ConfigError as exc:
+        _fail(exc)
+    for run in runs:
+        typer.echo(run.shell())
+    if dry_run:
+        typer.echo(f"dvc exp run --run-all -j {jobs}")
+        return
+    queue_and_run(runs, Path("."), jobs)
+    typer.echo("done: `frcnn compare` tabulates them against the baseline")
+
+
+@app.command()
+def compare(out: Annotated[Path, typer.Option(help="output folder")] = Path("reports")) -> None:
+    """Every evaluated MLflow run against the baseline: reports/ablations.{md,csv,png}."""
+    from frcnn.ablation import (ablation_table, runs_from_mlflow, to_markdown,
+                                write_ablation_outputs)
+    from frcnn.tracking import experiment_name, tracking_uri
+
+    rows = ablation_table(runs_from_mlflow(tracking_uri(Path(".")), experiment_name()))
+    if not rows:
+        _fail(ValueError(f"no evaluated runs in {tracking_uri(Path('.'))}: run `make repro` first"))
+    write_ablation_outputs(rows, to_markdown(rows), out)
+    typer.echo(to_markdown(rows))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -117,6 +117,7 @@ class TrainConfig:
     batch_size: int = 4
     epochs: int = 12
     max_steps: int = 0
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -172,7 +172,11 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed-size padded batches: autotuning pays off
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
+                                    weight_decay=t.weight_decay)
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -227,8 +231,11 @@ def train(
             if step >= total_steps:
                 break
             if cfg.augment.online_flip:
+                # one coin per image of the *global* batch: the same flips under any world size
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                coins = torch.rand(len(images), generator=g) < 0.5
+                first = dist_info.rank * t.batch_size
+                coins = (torch.rand(t.batch_size * dist_info.world_size, generator=g)
+                         < 0.5)[first: first + len(images)]
                 pairs = [hflip(i, tg) if c else (i, tg) for i, tg, c in zip(images, targets, coins)]
                 images, targets = [p[0] for p in pairs], [p[1] for p in pairs]
             images, targets = _to_device(images, targets, device)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from frcnn.ablation import PUBLISHED, ablation_tags
 from frcnn.checkpoint import load_checkpoint
 from frcnn.config import load_config
 from frcnn.data.dataset import DetectionDataset, collate_fn
@@ -37,6 +39,17 @@ REPORTS = Path("reports")
 DETECTIONS = Path("data/detections/test.json")
 
 
+def tracking_root(root: Path) -> Path:
+    """Where the MLflow store lives: the project itself, also for a queued DVC experiment, which
+    runs in a temporary copy under <project>/.dvc/tmp/exps/ that is deleted afterwards."""
+    resolved = root.resolve()
+    parts = resolved.parts
+    for i in range(len(parts) - 3):
+        if parts[i: i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return resolved
+
+
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -52,46 +65,53 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def run_train(params: Path = Path("params.yaml"), resume: bool = False,
               root: Path = Path("."), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train on the augmented trainval split; returns the summary written to summary.json."""
+    """Train on the augmented trainval split; returns the summary written to summary.json.
+
+    Under torchrun every rank runs this; rank 0 alone tracks and writes files.
+    """
     cfg = load_config(root / params, overrides)
     dist_info = init_distributed(cfg.train.device)
-    seed_everything(cfg.seed)  # the same initial weights on every rank
-    dataset = DetectionDataset(root / TRAIN_JSON, train=True)
-    model = build_model(cfg, num_classes=cfg.model.num_classes or dataset.num_classes)
-    if dist_info.rank:
-        seed_everything(cfg.seed + dist_info.rank)  # but each rank samples anchors/RoIs its own way
-
-    checkpoint = root / CHECKPOINT
-    run_id = None
-    if resume and checkpoint.exists():
-        run_id = load_checkpoint(checkpoint).get("mlflow_run_id")
-    tracker = Tracker.disabled()
-    if dist_info.is_main:
-        tracker = Tracker.start(root, run_name=None, params=cfg.flat(),
-                                tags={**default_tags(root, cfg.data.dataset), "stage": "train"},
-                                run_id=run_id)
-    with tracker:
-        result = train(model, dataset, collate_fn, cfg, checkpoint, resume=resume,
-                       extra_state={"num_classes": dataset.num_classes,
-                                    "class_names": list(dataset.class_names),
-                                    "mlflow_run_id": tracker.run_id or ""},
-                       on_log=lambda step, row: tracker.log_metrics(
-                           {k: v for k, v in row.items() if k != "step"}, step=step),
-                       dist_info=dist_info)
-        if not dist_info.is_main:
-            return {}
-        last = result.history[-1] if result.history else {}
-        summary = {"steps": result.step, "train_seconds": round(result.seconds, 1),
-                   "images_per_s": round(result.images_per_s, 2),
-                   "final_loss": round(last.get("loss", float("nan")), 4),
-                   "world_size": dist_info.world_size}
-        _write_csv(root / TRAIN_REPORTS / "loss.csv", result.history)
-        _write_json(root / TRAIN_REPORTS / "summary.json", summary)
-        tracker.log_metrics({f"train.{k}": v for k, v in summary.items()})
-        tracker.log_artifact(root / TRAIN_REPORTS / "loss.csv")
-        tracker.log_dict(cfg.to_dict(), "params.json")
-        tracker.set_tags({"checkpoint": str(checkpoint.resolve())})
-    return summary
+    try:
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        dataset = DetectionDataset(root / TRAIN_JSON, train=True)
+        model = build_model(cfg, num_classes=cfg.model.num_classes or dataset.num_classes)
+        if dist_info.rank:
+            seed_everything(cfg.seed + dist_info.rank)  # each rank samples anchors/RoIs its own way
+        checkpoint = root / CHECKPOINT
+        run_id = load_checkpoint(checkpoint).get("mlflow_run_id") if (
+            resume and checkpoint.exists()) else None
+        tracker = Tracker.disabled()
+        if dist_info.is_main:
+            tracker = Tracker.start(tracking_root(root), run_name=os.environ.get("DVC_EXP_NAME"),
+                                    params=cfg.flat(),
+                                    tags={**default_tags(root, cfg.data.dataset), "stage": "train",
+                                          **ablation_tags(root, cfg.to_dict())},
+                                    run_id=run_id)
+        with tracker:
+            result = train(model, dataset, collate_fn, cfg, checkpoint, resume=resume,
+                           extra_state={"num_classes": dataset.num_classes,
+                                        "class_names": list(dataset.class_names),
+                                        "mlflow_run_id": tracker.run_id or ""},
+                           on_log=lambda step, row: tracker.log_metrics(
+                               {k: v for k, v in row.items() if k != "step"}, step=step),
+                           dist_info=dist_info)
+            if not dist_info.is_main:
+                return {}
+            last = result.history[-1] if result.history else {}
+            summary = {"steps": result.step, "train_seconds": round(result.seconds, 1),
+                       "images_per_s": round(result.images_per_s, 2),
+                       "final_loss": round(last.get("loss", float("nan")), 4),
+                       "world_size": dist_info.world_size}
+            _write_csv(root / TRAIN_REPORTS / "loss.csv", result.history)
+            _write_json(root / TRAIN_REPORTS / "summary.json", summary)
+            tracker.log_metrics({f"train.{k}": v for k, v in summary.items()})
+            tracker.log_artifact(root / TRAIN_REPORTS / "loss.csv")
+            tracker.log_dict(cfg.to_dict(), "params.json")
+            tracker.set_tags({"checkpoint": str(checkpoint.resolve())})
+        return summary
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
@@ -134,8 +154,10 @@ def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
                          for _, t, _ in preview], names, root / REPORTS / "detections.png")
 
     run_id = state.get("mlflow_run_id") or None
-    tracker = Tracker.start(root, run_name=None, params={} if run_id else cfg.flat(),
-                            tags={**default_tags(root, cfg.data.dataset), "stage": "evaluate"},
+    tracker = Tracker.start(tracking_root(root), run_name=os.environ.get("DVC_EXP_NAME"),
+                            params={} if run_id else cfg.flat(),
+                            tags={**default_tags(root, cfg.data.dataset), "stage": "evaluate",
+                                  **ablation_tags(root, cfg.to_dict())},
                             run_id=run_id)
     with tracker:
         tracker.log_metrics({k: float(v) for k, v in metrics.items()})
@@ -146,3 +168,34 @@ def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
     return metrics
 
 
+
+
+def run_report(params: Path = Path("params.yaml"), root: Path = Path(".")) -> Path:
+    """reports/report.md: this run's metrics and per-class AP beside the published baselines."""
+    cfg = load_config(root / params)
+    metrics = json.loads((root / REPORTS / "metrics.json").read_text())
+    train_summary = json.loads((root / TRAIN_REPORTS / "summary.json").read_text())
+    per_class = list(csv.DictReader(io.StringIO((root / REPORTS / "per_class_ap.csv").read_text())))
+    lines = [f"# frcnn report: {cfg.data.dataset}, {cfg.model.backbone}, "
+             f"{cfg.model.min_size}/{cfg.model.max_size} px", "",
+             "## Measured here", "",
+             "| metric | value |", "|---|---|"]
+    labels = {"map": "mAP@[.5:.95] (COCO)", "ap50": "AP50 (COCO, 101-point)",
+              "ap75": "AP75 (COCO)", "voc07_ap50": "VOC07 AP50 (11-point, devkit rules)",
+              "voc10_ap50": "VOC2010+ AP50 (all-point)", "ap_small": "AP small",
+              "ap_medium": "AP medium", "ap_large": "AP large"}
+    lines += [f"| {label} | {metrics[k]:.4f} |" for k, label in labels.items() if k in metrics]
+    lines += [f"| training | {train_summary['steps']} steps, {train_summary['train_seconds']:.0f} s,"
+              f" {train_summary['images_per_s']:.1f} img/s |", "",
+              "## Per class", ""]
+    if per_class:
+        head = list(per_class[0])
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row[h] for h in head) + " |" for row in per_class]
+    lines += ["", "## Published (not measured here: VOC2007 test, AP50 %)", "",
+              "| method | mAP | speed |", "|---|---|---|"]
+    lines += [f"| {m} | {ap} | {speed} |" for m, ap, speed in PUBLISHED]
+    lines += ["", "Plots: `train/loss.csv` (DVC plot), `pr_curves.png`, `detections.png`.", ""]
+    path = root / REPORTS / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
