@@ -84,7 +84,7 @@ def run_train(params: Path = Path("params.yaml"), resume: bool = False,
         if dist_info.is_main:
             tracker = Tracker.start(tracking_root(root), run_name=os.environ.get("DVC_EXP_NAME"),
                                     params=cfg.flat(),
-                                    tags={**default_tags(root, cfg.data.dataset), "stage": "train",
+                                    tags={**default_tags(root, cfg.data.dataset), "stage.train": "done",
                                           **ablation_tags(root, cfg.to_dict())},
                                     run_id=run_id)
         with tracker:
@@ -155,8 +155,8 @@ def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
 
     run_id = state.get("mlflow_run_id") or None
     tracker = Tracker.start(tracking_root(root), run_name=os.environ.get("DVC_EXP_NAME"),
-                            params={} if run_id else cfg.flat(),
-                            tags={**default_tags(root, cfg.data.dataset), "stage": "evaluate",
+                            params=cfg.flat(),
+                            tags={**default_tags(root, cfg.data.dataset), "stage.evaluate": "done",
                                   **ablation_tags(root, cfg.to_dict())},
                             run_id=run_id)
     with tracker:

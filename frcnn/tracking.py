@@ -1,6 +1,7 @@
 """MLflow behind one small, failure-tolerant object.
 
-    with Tracker.start(root, run_name=None, params=cfg.flat(), tags=default_tags(root, "synth")) as t:
+    tags = default_tags(root, "synth")
+    with Tracker.start(root, run_name=None, params=cfg.flat(), tags=tags) as t:
         t.log_metrics({"loss": 0.7}, step=10)
         t.log_artifact(root / "reports/metrics.json")
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -33,19 +35,22 @@ import yaml
 
 DEFAULT_EXPERIMENT = "frcnn"
 MAX_PARAM_CHARS = 6000  # MLflow's MAX_PARAM_VAL_LENGTH; longer values are rejected, not truncated
+MAX_TAG_CHARS = 8000  # MLflow's MAX_TAG_VAL_LENGTH
 _TRUNCATION_NOTE = "...[truncated]"
 
 # The first call to a server decides whether tracking is on: fail within seconds, not minutes.
 _HTTP_PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
-# Later calls may ride out a short blip, but a server that dies mid-run costs ~10 s, once.
+# Later calls may ride out a short blip; a server that dies mid-run costs a few seconds (refused)
+# to ~30 s (hung), once, before the tracker turns itself off.
 _HTTP_RUN = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def tracking_uri(project_root: Path) -> str:
     """`MLFLOW_TRACKING_URI` if set, else the project's embedded sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root.resolve() / 'mlflow.db'}"
+    default = f"sqlite:///{project_root.resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
 def experiment_name() -> str:
@@ -63,6 +68,17 @@ def param_value(value: Any) -> str:
     if len(text) > MAX_PARAM_CHARS:
         text = text[: MAX_PARAM_CHARS - len(_TRUNCATION_NOTE)] + _TRUNCATION_NOTE
     return text
+
+
+def metric_key(name: str) -> str:
+    """`name` with the characters MLflow rejects in metric/param names (e.g. "(") replaced by "_",
+    so a class called "cup (glass)" cannot switch tracking off."""
+    return re.sub(r"[^/\w.\- ]", "_", name)
+
+
+def _tag(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_TAG_CHARS else text[: MAX_TAG_CHARS - 14] + _TRUNCATION_NOTE
 
 
 def _git(project_root: Path, *args: str) -> str | None:
@@ -84,7 +100,8 @@ def default_tags(project_root: Path, dataset: str) -> dict[str, str]:
         status = _git(project_root, "status", "--porcelain")
         if status is not None:
             tags["git.dirty"] = "true" if status else "false"
-    for env, key in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+    for env, key in (("DVC_EXP_NAME", "dvc.exp_name"),
+                     ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
         if os.environ.get(env):
             tags[key] = os.environ[env]
     try:
@@ -108,7 +125,12 @@ def _env(overrides: Mapping[str, str]) -> Iterator[None]:
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """The reason in one short line. MLflow wraps a network error in a long urllib3 message whose
+    useful part ("[Errno 111] Connection refused", "Read timed out") sits at the very end."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    cause = re.search(r"\[Errno -?\d+\][^'\"()]*|(Read|Connect) timed out", text)
+    if cause:
+        return f"cannot reach the server ({cause.group(0).strip()})"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -151,12 +173,13 @@ class Tracker:
                 run = tracker._resume(run_id) if run_id else None
                 resumed = run is not None
                 if run is None:
-                    run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+                    run = client.create_run(exp_id, run_name=run_name,
+                                            tags={k: _tag(v) for k, v in tags.items()})
                 tracker.run_id = run.info.run_id
                 tracker._log_params(run, params)
                 if resumed and tags:  # create_run set them on a new run
                     client.log_batch(tracker.run_id,
-                                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+                                     tags=[RunTag(k, _tag(v)) for k, v in tags.items()])
         except Exception as exc:  # noqa: BLE001 -- any failure means "run without tracking"
             tracker._fail(exc)
         return tracker
@@ -202,11 +225,11 @@ class Tracker:
         from mlflow.entities import Param
 
         existing = run.data.params
-        values = {k: param_value(v) for k, v in params.items()}
+        values = {metric_key(k): param_value(v) for k, v in params.items()}
         clashes = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
         if clashes:
-            print(f"tracking: run {run.info.run_id} keeps its logged value for {', '.join(clashes)}",
-                  file=sys.stderr)
+            print(f"tracking: run {run.info.run_id} keeps its logged value for "
+                  f"{', '.join(clashes)}", file=sys.stderr)
         new = [Param(k, v) for k, v in values.items() if k not in existing]
         if new:
             self._client.log_batch(run.info.run_id, params=new)
@@ -218,7 +241,8 @@ class Tracker:
 
     def _fail(self, exc: BaseException) -> None:
         """Warn once and turn every later call into a no-op."""
-        print(f"tracking failed: {self.uri}: {_one_line(exc)}; training continues, "
+        uri = re.sub(r"//[^/@]*@", "//***@", self.uri)  # no password from user:pass@host in logs
+        print(f"tracking failed: {uri}: {_one_line(exc)}; training continues, "
               "outputs are still written", file=sys.stderr, flush=True)
         self.run_id = None
         self._client = None
@@ -233,7 +257,8 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log several metrics in one request (training calls this every `log_every` steps).
-        Values that are not numbers (None, strings) are skipped rather than failing the run."""
+        Values that are not numbers (None, strings) are skipped rather than failing the run;
+        keys go through `metric_key`."""
         if not self.enabled:
             return
         from mlflow.entities import Metric
@@ -242,7 +267,7 @@ class Tracker:
         batch = []
         for key, value in metrics.items():
             try:
-                batch.append(Metric(key, float(value), now, step or 0))
+                batch.append(Metric(metric_key(key), float(value), now, step or 0))
             except (TypeError, ValueError):
                 continue
         with self._guard():
@@ -271,7 +296,7 @@ class Tracker:
         from mlflow.entities import RunTag
 
         with self._guard():
-            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self._client.log_batch(self.run_id, tags=[RunTag(k, _tag(v)) for k, v in tags.items()])
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run ("FINISHED", "FAILED" or "KILLED"); later calls do nothing."""
