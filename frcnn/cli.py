@@ -98,7 +98,7 @@ def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
 
 
 @app.command()
-def evaluate(params: ParamsOpt = Path("params.yaml"),
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
              checkpoint: Annotated[Path, typer.Option(help="checkpoint to evaluate")] = Path("models/model.pt")
              ) -> None:
     """Detect on the test split; mAP (pycocotools) and VOC07/VOC2010 AP into reports/."""
@@ -106,7 +106,7 @@ def evaluate(params: ParamsOpt = Path("params.yaml"),
     from frcnn.pipeline import run_evaluate
 
     try:
-        run_evaluate(params, checkpoint=checkpoint)
+        run_evaluate(params, checkpoint=checkpoint, overrides=parse_overrides(set_))
     except (ConfigError, CheckpointError, ValueError) as exc:
         _fail(exc)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -50,8 +51,19 @@ def tracking_root(root: Path) -> Path:
     return resolved
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN (e.g. AP of a size bucket without objects) -> null: strict JSON has no NaN."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -115,9 +127,10 @@ def run_train(params: Path = Path("params.yaml"), resume: bool = False,
 
 
 def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
-                 checkpoint: Path = CHECKPOINT) -> dict[str, Any]:
+                 checkpoint: Path = CHECKPOINT, overrides: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """Detect on the test split, score with pycocotools and the VOC devkit rules, write reports."""
-    cfg = load_config(root / params)
+    cfg = load_config(root / params, overrides)
     state = load_checkpoint(root / checkpoint)
     dataset = DetectionDataset(root / TEST_JSON, train=False, include_difficult=True)
     if list(dataset.class_names) != list(state["class_names"]):
@@ -160,7 +173,7 @@ def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
                                   **ablation_tags(root, cfg.to_dict())},
                             run_id=run_id)
     with tracker:
-        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
+        tracker.log_metrics({k: float(v) for k, v in metrics.items() if not math.isnan(v)})
         tracker.log_metrics({f"ap50.{n}": float(coco["per_class_ap50"][n]) for n in names})
         for name in ("metrics.json", "per_class_ap.csv", "pr_curves.png", "detections.png"):
             tracker.log_artifact(root / REPORTS / name)
@@ -184,7 +197,8 @@ def run_report(params: Path = Path("params.yaml"), root: Path = Path(".")) -> Pa
               "ap75": "AP75 (COCO)", "voc07_ap50": "VOC07 AP50 (11-point, devkit rules)",
               "voc10_ap50": "VOC2010+ AP50 (all-point)", "ap_small": "AP small",
               "ap_medium": "AP medium", "ap_large": "AP large"}
-    lines += [f"| {label} | {metrics[k]:.4f} |" for k, label in labels.items() if k in metrics]
+    lines += [f"| {label} | {metrics[k]:.4f} |" for k, label in labels.items()
+              if metrics.get(k) is not None]
     lines += [f"| training | {train_summary['steps']} steps, {train_summary['train_seconds']:.0f} s,"
               f" {train_summary['images_per_s']:.1f} img/s |", "",
               "## Per class", ""]
