@@ -65,7 +65,8 @@ class BoxCoder:
         cx, cy = ax + dx * aw, ay + dy * ah
         w, h = aw * torch.exp(dw), ah * torch.exp(dh)
         boxes = torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=2)
-        return boxes.reshape(deltas.shape[0], -1)
+        # not reshape(N, -1): that is ambiguous, and fails, when N = 0 (an image with no proposals)
+        return boxes.reshape(deltas.shape[0], deltas.shape[1])
 
 
 def clip_boxes(boxes: Tensor, height: float | Tensor, width: float | Tensor) -> Tensor:

@@ -43,7 +43,7 @@ def validate_inputs(images: list[Tensor], targets: list[dict[str, Tensor]] | Non
             raise ValueError(f"target {i}: boxes must be a float Tensor[N, 4] xyxy")
         if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1]:
             raise ValueError(f"target {i}: labels must be a Tensor[N] matching boxes")
-        if labels.is_floating_point():
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"target {i}: labels must be integers, got {labels.dtype}")
         if boxes.numel() and not torch.isfinite(boxes).all():
             raise ValueError(f"target {i}: boxes contain NaN or inf")
@@ -79,7 +79,8 @@ class ImageTransform(nn.Module):
         for i, img in enumerate(images):
             h, w = img.shape[-2:]
             scale = self.scale_for(h, w)
-            img = (img - self.mean.to(img.dtype)) / self.std.to(img.dtype)
+            img = img.to(self.mean.dtype)  # a float64 image would not meet the float32 weights
+            img = (img - self.mean) / self.std
             img = F.interpolate(img[None], scale_factor=scale, mode="bilinear",
                                 recompute_scale_factor=True, align_corners=False)[0]
             nh, nw = img.shape[-2:]
@@ -88,7 +89,9 @@ class ImageTransform(nn.Module):
             if targets is not None:
                 ratio = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=torch.float32,
                                      device=img.device)
-                new_targets.append({**targets[i], "boxes": targets[i]["boxes"].float() * ratio})
+                # int64 labels whatever integer type came in: cross-entropy and indexing need them
+                new_targets.append({**targets[i], "boxes": targets[i]["boxes"].float() * ratio,
+                                    "labels": targets[i]["labels"].to(torch.int64)})
         d = self.size_divisible
         max_h = int(math.ceil(max(s[0] for s in sizes) / d) * d)
         max_w = int(math.ceil(max(s[1] for s in sizes) / d) * d)
