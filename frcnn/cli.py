@@ -6,6 +6,7 @@ for this run only, e.g. `frcnn train --set loss.lambda=10 --set train.max_steps=
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,9 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="key=value override, repeatable")]
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, object]:
     """["loss.lambda=10", "anchors.scales=[32,64]"] -> {"loss.lambda": 10, ...} (YAML values)."""
     out: dict[str, object] = {}
@@ -29,7 +33,14 @@ def parse_overrides(items: list[str] | None) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item}: expected key=value")
-        out[key.strip()] = yaml.safe_load(value)
+        if _EXPONENT_FLOAT.fullmatch(value.strip()):
+            out[key.strip()] = float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"--set {item}: not a YAML value ({reason})") from None
     return out
 
 
@@ -150,6 +161,7 @@ def anchors_analyze(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None
     from frcnn.config import load_config
     from frcnn.model.backbone import backbone_stride
     from frcnn.anchor_plots import plot_anchor_coverage
+    from frcnn.pipeline import _json_safe
     from frcnn.reports import atomic_write_text
 
     try:
@@ -158,11 +170,16 @@ def anchors_analyze(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None
     except (ConfigError, OSError, json.JSONDecodeError) as exc:
         _fail(exc)
     stride = backbone_stride(cfg.model.backbone)
-    result = analyze_coco(gt, anchor_scales_px(cfg.anchors.scales, cfg.anchors.unit, stride),
-                          cfg.anchors.ratios, stride, cfg.model.min_size, cfg.model.max_size,
-                          cfg.rpn.pos_iou_thresh, cfg.rpn.border_tolerance, seed=cfg.seed)
+    try:
+        result = analyze_coco(gt, anchor_scales_px(cfg.anchors.scales, cfg.anchors.unit, stride),
+                              cfg.anchors.ratios, stride, cfg.model.min_size, cfg.model.max_size,
+                              cfg.rpn.pos_iou_thresh, cfg.rpn.border_tolerance, seed=cfg.seed)
+    except (KeyError, ValueError) as exc:  # not COCO GT, or no box to analyse
+        _fail(ValueError(f"{data}: {exc}"))
     best = result.pop("best_iou")
-    atomic_write_text(out / "anchor_coverage.json", json.dumps(result, indent=2) + "\n")
+    # a size bucket without boxes has NaN statistics: null in the file, which must be strict JSON
+    atomic_write_text(out / "anchor_coverage.json",
+                      json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
     plot_anchor_coverage(best, result, out / "anchor_coverage.png")
     c, s = result["configured"], result["suggested"]
     typer.echo(f"configured scales {c['scales_px']} ratios {c['ratios']}: mean best IoU "

@@ -2,7 +2,8 @@
 
 `frcnn predict PATH... --checkpoint models/model.pt` writes, per image, `<stem>.json`
 ({"image", "width", "height", "detections": [{label, class, score, box xyxy}]}) and `<stem>.png`
-with the boxes drawn. Unreadable files are reported and skipped; the rest are still processed.
+with the boxes drawn (`<stem>-2.*`, `-3` ... for a later image whose stem was already written).
+Unreadable files are reported and skipped; the rest are still processed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from frcnn.checkpoint import load_checkpoint
-from frcnn.config import config_from_dict
+from frcnn.checkpoint import CheckpointError, load_checkpoint
+from frcnn.config import ConfigError, config_from_dict
 from frcnn.model.faster_rcnn import FasterRCNN, build_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -27,7 +28,14 @@ def load_detector(checkpoint: Path, device: torch.device | str = "cpu"
                   ) -> tuple[FasterRCNN, list[str]]:
     """A checkpoint -> (model in eval mode, class names). The config travels in the checkpoint."""
     state = load_checkpoint(checkpoint)
-    cfg = config_from_dict(state["config"])
+    needed = ("model", "config", "num_classes", "class_names")
+    missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
+    if missing:
+        raise CheckpointError(f"{checkpoint}: not a frcnn checkpoint (no {', '.join(missing)})")
+    try:
+        cfg = config_from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint}: its config is not valid here ({exc})") from None
     model = build_model(cfg, num_classes=state["num_classes"])
     model.load_state_dict(state["model"])
     return model.eval().to(device), list(state["class_names"])
@@ -71,6 +79,7 @@ def predict_files(model: FasterRCNN, class_names: list[str], paths: Iterable[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     written, errors = [], []
+    used: set[str] = set()
     for path in iter_image_files(paths):
         try:
             image = read_image(path)
@@ -81,13 +90,18 @@ def predict_files(model: FasterRCNN, class_names: list[str], paths: Iterable[Pat
         keep = det["scores"] >= conf
         det = {k: v[keep].cpu() for k, v in det.items()}
         record = detections_to_json(path, image, det, class_names)
-        json_path = out_dir / f"{path.stem}.json"
+        # a.jpg and a.png, or x/001.jpg and y/001.jpg, must not overwrite each other's outputs
+        stem, n = path.stem, 2
+        while stem in used:
+            stem, n = f"{path.stem}-{n}", n + 1
+        used.add(stem)
+        json_path = out_dir / f"{stem}.json"
         atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
         fig, ax = plt.subplots(figsize=(6, 6 * image.shape[1] / image.shape[2]))
         show_image(ax, image.permute(1, 2, 0).numpy(), title=path.name)
         draw_boxes(ax, det["boxes"].numpy(), det["labels"].tolist(), class_names,
                    scores=det["scores"].tolist())
-        atomic_savefig(fig, out_dir / f"{path.stem}.png")
+        atomic_savefig(fig, out_dir / f"{stem}.png")
         plt.close(fig)
         written.append(json_path)
     return written, errors

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from frcnn.ablation import PUBLISHED, ablation_tags
-from frcnn.checkpoint import load_checkpoint
+from frcnn.checkpoint import check_compatible, load_checkpoint
 from frcnn.config import load_config
 from frcnn.data.dataset import DetectionDataset, collate_fn
 from frcnn.engine import (init_distributed, predict, seed_everything, select_device,
@@ -90,8 +90,13 @@ def run_train(params: Path = Path("params.yaml"), resume: bool = False,
         if dist_info.rank:
             seed_everything(cfg.seed + dist_info.rank)  # each rank samples anchors/RoIs its own way
         checkpoint = root / CHECKPOINT
-        run_id = load_checkpoint(checkpoint).get("mlflow_run_id") if (
-            resume and checkpoint.exists()) else None
+        run_id = None
+        if resume and checkpoint.exists():
+            state = load_checkpoint(checkpoint)
+            # refuse an incompatible checkpoint before MLflow hears of it: a refused resume must
+            # not reopen (and mark FAILED) the finished run, nor log clashing params into it
+            check_compatible(checkpoint, state, cfg.to_dict())
+            run_id = state.get("mlflow_run_id") or None
         tracker = Tracker.disabled()
         if dist_info.is_main:
             tracker = Tracker.start(tracking_root(root), run_name=os.environ.get("DVC_EXP_NAME"),
