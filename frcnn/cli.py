@@ -260,6 +260,16 @@ def compare(out: Annotated[Path, typer.Option(help="output folder")] = Path("rep
     typer.echo(to_markdown(rows))
 
 
+@app.command()
+def bench(quick: Annotated[bool, typer.Option(help="~2 minutes on 2 CPU cores")] = False,
+          params: ParamsOpt = Path("params.yaml"),
+          out: Annotated[Path, typer.Option(help="output folder")] = Path("reports")) -> None:
+    """Ours vs torchvision's Faster R-CNN (same backbone, anchors, heads): time and memory ratios."""
+    from frcnn.bench import run_bench
+
+    run_bench(quick, out_dir=out, config_path=params)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
