@@ -115,19 +115,19 @@ class LossConfig:
 class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 4
-    epochs: int = 12
+    epochs: int = 1
     max_steps: int = 0
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.02
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 0.0005
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     schedule: Literal["cosine", "step"] = "cosine"
     step_milestones: tuple[float, ...] = (0.67, 0.89)
     step_gamma: float = 0.1
     grad_clip: float = 10.0
     amp: bool = True
-    num_workers: int = 2
+    num_workers: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
 
