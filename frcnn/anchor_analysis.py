@@ -66,6 +66,26 @@ def kmeans_iou(wh: np.ndarray, k: int, seed: int = 0, iters: int = 100) -> np.nd
     return centres[np.argsort(centres[:, 0] * centres[:, 1])]
 
 
+def kmeans_1d(values: np.ndarray, k: int, iters: int = 50) -> np.ndarray:
+    """Lloyd's k-means on scalars, initialised at evenly spaced quantiles -> (k,) sorted centres."""
+    centres = np.quantile(values, (np.arange(k) + 0.5) / k)
+    for _ in range(iters):
+        assign = np.abs(values[:, None] - centres[None, :]).argmin(axis=1)
+        new = np.array([values[assign == j].mean() if np.any(assign == j) else centres[j]
+                        for j in range(k)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return np.sort(centres)
+
+
+def factorise_boxes(wh: np.ndarray, num_scales: int, num_ratios: int) -> tuple[list[float], list[float]]:
+    """GT sizes (G, 2) -> scales and ratios from 1-D k-means on log sqrt(w h) and log(h / w)."""
+    scales = np.exp(kmeans_1d(np.log(np.sqrt(wh[:, 0] * wh[:, 1])), num_scales))
+    ratios = np.exp(kmeans_1d(np.log(wh[:, 1] / wh[:, 0]), num_ratios))
+    return [float(round(v, 1)) for v in scales], [float(round(v, 2)) for v in ratios]
+
+
 def factorise(centres: np.ndarray, num_scales: int, num_ratios: int) -> tuple[list[float], list[float]]:
     """(k, 2) cluster sizes -> `num_scales` scales (sqrt(w h)) and `num_ratios` ratios (h / w).
 
@@ -147,8 +167,12 @@ def analyze_coco(gt: dict, scales_px: tuple[float, ...], ratios: tuple[float, ..
     best = best_for(scales_px, ratios)
     cov = coverage(best, wh[:, 0] * wh[:, 1], pos_thresh)
     centres = kmeans_iou(wh, len(scales_px) * len(ratios), seed=seed)
-    sug_scales, sug_ratios = factorise(centres, len(scales_px), len(ratios))
-    sug_best = best_for(sug_scales, sug_ratios)
+    # two ways to put the clusters on a scales x ratios grid; keep whichever covers more GT
+    candidates = [factorise(centres, len(scales_px), len(ratios)),
+                  factorise_boxes(wh, len(scales_px), len(ratios))]
+    scored = [(best_for(s, r), s, r) for s, r in candidates]
+    sug_best, sug_scales, sug_ratios = max(
+        scored, key=lambda c: ((c[0] >= pos_thresh).mean(), c[0].mean()))
     return {"pos_iou_thresh": pos_thresh,
             "configured": {"scales_px": list(scales_px), "ratios": list(ratios), **cov.to_dict()},
             "suggested": {"scales_px": sug_scales, "ratios": sug_ratios,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from frcnn.anchor_analysis import (analyze_coco, best_anchor_iou, coverage, factorise,
+from frcnn.anchor_analysis import (analyze_coco, best_anchor_iou, coverage, factorise, kmeans_1d,
                                    kmeans_iou, shape_iou)
 
 
@@ -63,3 +63,8 @@ def test_analyze_coco_resizes_boxes_like_the_model_and_suggests_better_anchors()
     assert out["configured"]["num_gt"] == 1  # the crowd (difficult) box is not counted
     assert out["configured"]["mean_best_iou"] == pytest.approx(1.0)
     assert out["suggested"]["scales_px"] == [32.0] and out["suggested"]["ratios"] == [1.0]
+
+
+def test_kmeans_1d_finds_two_groups():
+    values = np.array([1.0, 1.1, 0.9, 5.0, 5.2, 4.8])
+    assert kmeans_1d(values, 2) == pytest.approx([1.0, 5.0])
