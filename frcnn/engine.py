@@ -168,6 +168,8 @@ def train(
     t = cfg.train
     dist_info = dist_info or DistInfo()
     device = select_device(t.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed-size padded batches: autotuning pays off
@@ -192,9 +194,14 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], list(state.get("history", []))
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        # each rank samples with its own RNG stream; a checkpoint from another world size
+        # gives the extra ranks rank 0's stream (still valid, no longer bit-identical)
+        torch.set_rng_state(rng["torch"][dist_info.rank % len(rng["torch"])])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         if dist_info.is_main:
             print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
 
@@ -204,14 +211,19 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save(at_step: int) -> None:
+        cpu_states = [torch.get_rng_state()]
+        if dist_info.world_size > 1:  # every rank takes part; rank 0 alone writes
+            cpu_states = [torch.empty(0, dtype=torch.uint8)] * dist_info.world_size
+            dist.all_gather_object(cpu_states, torch.get_rng_state())
         if not dist_info.is_main:
             return
-        rng = {"torch": torch.get_rng_state()}
+        rng = {"torch": cpu_states}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-            "config": cfg.to_dict(), "rng": rng, "history": history, **(extra_state or {})})
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "step": at_step, "config": cfg.to_dict(), "rng": rng,
+            "history": history, **(extra_state or {})})
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (progress and dist_info.is_main),
@@ -245,7 +257,10 @@ def train(
             with torch.autocast(device.type, enabled=use_amp):
                 losses = ddp_model(images, targets)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
+            finite = torch.isfinite(loss.detach()).float()
+            if dist_info.world_size > 1:  # all ranks stop together instead of hanging in all-reduce
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 raise NonFiniteLossError(
                     f"step {step}: non-finite loss in {', '.join(bad) or 'total'} "

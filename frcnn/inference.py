@@ -8,6 +8,7 @@ Unreadable files are reported and skipped; the rest are still processed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,14 +19,19 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from frcnn.checkpoint import CheckpointError, load_checkpoint
-from frcnn.config import ConfigError, config_from_dict
+from frcnn.config import Config, ConfigError, config_from_dict
 from frcnn.model.faster_rcnn import FasterRCNN, build_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def load_detector(checkpoint: Path, device: torch.device | str = "cpu"
-                  ) -> tuple[FasterRCNN, list[str]]:
+# keys that change what a trained model outputs, not what it learned: free to set at evaluation
+INFERENCE_RPN_KEYS = ("pre_nms_top_n_test", "post_nms_top_n_test", "nms_thresh", "min_box_size")
+INFERENCE_ROI_KEYS = ("score_thresh", "nms_thresh", "detections_per_img")
+
+
+def load_detector(checkpoint: Path, device: torch.device | str = "cpu",
+                  inference: Config | None = None) -> tuple[FasterRCNN, list[str]]:
     """A checkpoint -> (model in eval mode, class names). The config travels in the checkpoint."""
     state = load_checkpoint(checkpoint)
     needed = ("model", "config", "num_classes", "class_names")
@@ -36,8 +42,20 @@ def load_detector(checkpoint: Path, device: torch.device | str = "cpu"
         cfg = config_from_dict(state["config"])
     except ConfigError as exc:
         raise CheckpointError(f"{checkpoint}: its config is not valid here ({exc})") from None
+    # the architecture is the checkpoint's; only inference-time knobs may come from the caller,
+    # and the weights are the checkpoint's too: never download ImageNet weights just to overwrite
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False)
+    rpn, roi = cfg.rpn, cfg.roi
+    if inference is not None:
+        rpn = dataclasses.replace(rpn, **{k: getattr(inference.rpn, k) for k in INFERENCE_RPN_KEYS})
+        roi = dataclasses.replace(roi, **{k: getattr(inference.roi, k) for k in INFERENCE_ROI_KEYS})
+    cfg = dataclasses.replace(cfg, model=model_cfg, rpn=rpn, roi=roi)
     model = build_model(cfg, num_classes=state["num_classes"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint}: weights do not fit its own config "
+                              f"({str(exc).splitlines()[0]})") from None
     return model.eval().to(device), list(state["class_names"])
 
 

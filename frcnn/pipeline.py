@@ -26,6 +26,7 @@ from frcnn.config import load_config
 from frcnn.data.dataset import DetectionDataset, collate_fn
 from frcnn.engine import (init_distributed, predict, seed_everything, select_device,
                           to_coco_results, train)
+from frcnn.inference import load_detector
 from frcnn.model.faster_rcnn import build_model
 from frcnn.reports import (atomic_write_text, plot_detection_grid, plot_pr_curves,
                            pr_curves_table, write_per_class_csv)
@@ -138,11 +139,10 @@ def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
     cfg = load_config(root / params, overrides)
     state = load_checkpoint(root / checkpoint)
     dataset = DetectionDataset(root / TEST_JSON, train=False, include_difficult=True)
-    if list(dataset.class_names) != list(state["class_names"]):
+    model, names = load_detector(root / checkpoint, inference=cfg)
+    if list(dataset.class_names) != names:
         raise ValueError(f"{root / TEST_JSON}: classes {list(dataset.class_names)} differ from "
-                         f"the checkpoint's {state['class_names']}")
-    model = build_model(cfg, num_classes=state["num_classes"])
-    model.load_state_dict(state["model"])
+                         f"the checkpoint's {names}")
     device = select_device(cfg.train.device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size,
                                          collate_fn=collate_fn, num_workers=cfg.train.num_workers)
@@ -155,7 +155,6 @@ def run_evaluate(params: Path = Path("params.yaml"), root: Path = Path("."),
     gt = json.loads((root / TEST_JSON).read_text())
     coco = coco_metrics(gt, results)
     voc = voc_metrics(gt, results)
-    names = list(dataset.class_names)
     metrics = {"map": coco["map"], "ap50": coco["ap50"], "ap75": coco["ap75"],
                "ap_small": coco["ap_small"], "ap_medium": coco["ap_medium"],
                "ap_large": coco["ap_large"], "voc07_ap50": voc["voc07_map"],

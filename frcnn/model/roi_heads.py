@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 
-from frcnn.boxes import BoxCoder, clip_boxes, remove_small_boxes
+from frcnn.boxes import BoxCoder, clip_boxes
 from frcnn.losses import fast_rcnn_loss
 from frcnn.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match, sample_balanced
 
@@ -148,21 +148,33 @@ class RoIHeads(nn.Module):
 
     def postprocess(self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
                     image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """(R, K+1) logits, (R, 4(K+1)) deltas -> per image {boxes (D, 4), labels (D,), scores (D,)}."""
+        """(R, K+1) logits, (R, 4(K+1)) deltas -> per image {boxes (D, 4), labels (D,), scores (D,)}.
+
+        The whole batch at once (one decode, one threshold, one NMS with (image, class) groups):
+        a loop over images would run every small op N times.
+        """
         num_classes = class_logits.shape[1]  # K + 1
-        scores_all = torch.softmax(class_logits, dim=1).split([p.shape[0] for p in proposals])
-        boxes_all = box_deltas.split([p.shape[0] for p in proposals])
+        n, device = len(proposals), class_logits.device
+        counts = torch.tensor([p.shape[0] for p in proposals], device=device)
+        image = torch.repeat_interleave(torch.arange(n, device=device), counts)      # (R,)
+        props = torch.cat(proposals)
+        sizes = torch.tensor(image_sizes, dtype=props.dtype, device=device)[image]   # (R, 2)
+        boxes = clip_boxes(self.box_coder.decode(box_deltas, props).view(-1, num_classes, 4),
+                           sizes[:, 0:1], sizes[:, 1:2])
+        scores = torch.softmax(class_logits, dim=1)
+        labels = torch.arange(num_classes, device=device).expand_as(scores)
+        image = image[:, None].expand_as(scores)
+        # drop the background column, then treat every (RoI, class) pair as a candidate
+        boxes = boxes[:, 1:].reshape(-1, 4)
+        scores, labels, image = (t[:, 1:].reshape(-1) for t in (scores, labels, image))
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = torch.where((scores > self.s.score_thresh) & (wh >= 1e-2).all(dim=1))[0]
+        boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
+        # groups (image, class): boxes of different images or classes never suppress each other
+        keep = batched_nms(boxes, scores, image * num_classes + labels, self.s.nms_thresh)
+        boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
         results = []
-        for scores, deltas, props, (h, w) in zip(scores_all, boxes_all, proposals, image_sizes):
-            boxes = clip_boxes(self.box_coder.decode(deltas, props).view(-1, num_classes, 4), h, w)
-            labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
-            # drop the background column, then treat every (RoI, class) pair as a candidate
-            boxes = boxes[:, 1:].reshape(-1, 4)
-            scores, labels = scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-            keep = torch.where(scores > self.s.score_thresh)[0]
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = remove_small_boxes(boxes, 1e-2)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.s.nms_thresh)[: self.s.detections_per_img]
-            results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+        for i in range(n):  # sorted by score: the first detections_per_img of each image
+            sel = torch.where(image == i)[0][: self.s.detections_per_img]
+            results.append({"boxes": boxes[sel], "labels": labels[sel], "scores": scores[sel]})
         return results

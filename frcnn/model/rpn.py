@@ -141,7 +141,8 @@ class RegionProposalNetwork(nn.Module):
             pred.append(deltas[i, sampled])
             lab.append(labels[sampled])
             # targets only matter for positives; negatives get zeros that the loss masks out
-            t = torch.zeros((sampled.numel(), 4), dtype=deltas.dtype, device=deltas.device)
+            # float32 even under autocast: fp16 targets would lose the small deltas
+            t = torch.zeros((sampled.numel(), 4), dtype=torch.float32, device=deltas.device)
             if pos.numel():
                 t[: pos.numel()] = self.box_coder.encode(gt[matched[pos]], anchors[pos])
             tgt.append(t)

@@ -1,0 +1,93 @@
+"""Benchmark library: an equal torchvision peer, ratios, alternation, the report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from frcnn.bench import (SIZES, alternate, bench_config, build_pair, format_record, make_inputs,
+                         make_infer, make_train_step, machine_info, ratio_record,
+                         synthetic_results, write_report)
+from frcnn.model.faster_rcnn import count_parameters
+
+SMALL = "resnet18_c4 256"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return build_pair(SMALL)
+
+
+def test_peer_has_same_parameter_count_and_weights(pair):
+    ours, tv, cfg = pair
+    assert count_parameters(ours) == count_parameters(tv)
+    assert cfg.rpn.hidden_channels == 256 and cfg.rpn.border_tolerance < 0
+    for a, b in zip(ours.state_dict().values(), tv.state_dict().values()):
+        assert a.shape == b.shape and torch.equal(a, b)
+    gen = tv.rpn.anchor_generator
+    assert gen.sizes == ((24.0, 48.0, 96.0, 192.0),) and gen.aspect_ratios == ((0.5, 1.0, 2.0),)
+    assert tv.rpn._pre_nms_top_n == {"training": 12000, "testing": 6000}
+    assert tv.rpn._post_nms_top_n == {"training": 2000, "testing": 300}
+    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 128
+    assert tv.transform.min_size == (256,) and tv.transform.max_size == 320
+    assert tv.transform.size_divisible == 16
+
+
+def test_resnet50_config_matches_channels():
+    cfg = bench_config("resnet50 600")
+    assert cfg.model.backbone == "resnet50" and cfg.rpn.hidden_channels == 2048
+    assert (cfg.model.min_size, cfg.model.max_size) == (600, 1000)
+    assert SIZES["resnet50 600"]["image"] == (375, 500)
+
+
+def test_both_models_train_and_infer_on_the_same_inputs(pair):
+    ours, tv, _ = pair
+    images, targets = make_inputs(SMALL, 1)
+    for model in (ours, tv):
+        make_train_step(model, images, targets)()
+        make_infer(model, images)()
+        model.eval()
+        with torch.inference_mode():
+            det = model(images)[0]
+        assert det["boxes"].shape[1] == 4
+
+
+def test_ratio_and_alternation():
+    rec = ratio_record("train_step", SMALL, [1.0, 3.0, 2.0], [4.0, 4.0, 1.0])
+    assert rec["ours"] == 2.0 and rec["torchvision"] == 4.0 and rec["ratio"] == 0.5
+    assert rec["ratio_paired"] == 0.75  # median of 1/4, 3/4, 2/1
+    assert format_record(rec) == ("train_step resnet18_c4 256: ours 2.000 s, torchvision 4.000 s, "
+                                  "ratio 0.50 (paired 0.75)")
+    thr = ratio_record("throughput_b8", SMALL, [2.0], [4.0], unit="images/s", per=8)
+    assert thr["ours"] == 4.0 and thr["torchvision"] == 2.0 and thr["ratio"] == 0.5
+    order = []
+    times = alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                      warmup=1, repeats=2)
+    assert order == ["a", "b"] * 3 and len(times["a"]) == len(times["b"]) == 2
+
+
+def test_report_has_stamps(tmp_path: Path):
+    meta = {**machine_info(), "quick": True, "seconds": 1.0}
+    recs = [ratio_record("train_step", SMALL, [1.0], [2.0], device="cpu"),
+            {"figure": "eval_time", "size": "5000 images", "unit": "s", "skipped": "not yet"}]
+    sizes = [{"size": SMALL, "params_ours": 10, "params_torchvision": 10, "trainable_ours": 10,
+              "trainable_torchvision": 10}]
+    md, js = write_report(recs, meta, sizes, tmp_path)
+    text = md.read_text()
+    assert f"torch.get_num_threads() = {torch.get_num_threads()}" in text
+    assert torch.__version__ in text and "| train_step | resnet18_c4 256 | cpu |" in text
+    assert "skipped: not yet" in text
+    assert ("CPU only" in text) != torch.cuda.is_available()
+    data = json.loads(js.read_text())
+    assert data["meta"]["threads"] == torch.get_num_threads()
+    assert data["meta"]["versions"]["torchvision"] and data["records"][0]["ratio"] == 0.5
+
+
+def test_synthetic_result_set_is_voc_sized():
+    gt, results = synthetic_results(200)
+    assert 400 < len(gt["annotations"]) < 800 and len(results) > len(gt["annotations"])
+    ids = {im["id"] for im in gt["images"]}
+    assert all(r["image_id"] in ids for r in results)
