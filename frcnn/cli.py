@@ -102,9 +102,12 @@ def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
     from frcnn.engine import NonFiniteLossError
     from frcnn.pipeline import run_train
 
+    from frcnn.model.backbone import WeightsUnavailableError
+
     try:
         run_train(params, resume=resume, overrides=parse_overrides(set_))
-    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as exc:
+    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError,
+            WeightsUnavailableError) as exc:
         _fail(exc)
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from frcnn.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from frcnn.config import Config, TrainConfig
+from frcnn.config import Config, ConfigError, TrainConfig
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,7 +54,7 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 def select_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: cuda requested but torch sees no CUDA device")
+        raise ConfigError("train.device: cuda requested but torch sees no CUDA device")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

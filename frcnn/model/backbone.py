@@ -38,13 +38,17 @@ _SPECS = {
 }
 
 
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights were asked for (model.pretrained) and could not be had."""
+
+
 def _load_resnet(arch: str, weights_enum: str, pretrained: bool, frozen_bn: bool) -> nn.Module:
     norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
     weights = getattr(torchvision.models, weights_enum).IMAGENET1K_V1 if pretrained else None
     try:
         return getattr(torchvision.models, arch)(weights=weights, norm_layer=norm_layer)
     except Exception as exc:  # no network, proxy, corrupt cache ...: say what to do
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"model.pretrained: could not get ImageNet weights for {arch} ({type(exc).__name__}: "
             f"{exc}); connect to the internet once (torchvision caches them under "
             f"~/.cache/torch) or set model.pretrained: false") from None
