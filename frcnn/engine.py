@@ -264,7 +264,7 @@ def train(
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 raise NonFiniteLossError(
                     f"step {step}: non-finite loss in {', '.join(bad) or 'total'} "
-                    f"({ {k: float(v) for k, v in losses.items()} }); the last good checkpoint "
+                    f"({ {k: float(v.detach()) for k, v in losses.items()} }); the last good checkpoint "
                     f"{checkpoint_path} is kept — lower train.lr or raise train.warmup_steps")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
