@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from frcnn.config import ConfigError, config_from_dict
+from frcnn.config import ConfigError, config_from_dict, flatten
 
 
 @dataclass(frozen=True)
@@ -80,17 +80,9 @@ def queue_and_run(runs: list[PlannedRun], cwd: Path, jobs: int = 1) -> None:
 # ---------------------------------------------------------------- tags for a run
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
-    return out
-
-
 def varied_params(current: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     """Dotted keys whose value differs from the baseline's -> current value (seed excluded)."""
-    a, b = _flat(current), _flat(baseline)
+    a, b = flatten(current), flatten(baseline)
     return {k: a.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "seed"}
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from frcnn.config import flatten
+
 # Keys whose change makes resuming meaningless (a different model, data or objective). Keys
 # outside these (train.max_steps, train.epochs, logging, eval.*) may change between runs.
 ARCHITECTURE_SECTIONS = ("model", "anchors", "rpn", "roi", "loss", "data", "augment")
@@ -49,17 +51,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
-    return out
-
-
 def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ in a way that makes the checkpoint incompatible."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     bad = []
     for key in sorted(set(a) | set(b)):
         section, _, name = key.partition(".")

@@ -157,17 +157,16 @@ class Config:
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys (`loss.lambda`) -> values, as MLflow params and DVC `-S` overrides name them."""
-        out: dict[str, Any] = {}
+        return flatten(self.to_dict())
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-            else:
-                out[prefix] = value
 
-        walk("", self.to_dict())
-        return out
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"loss": {"lambda": 5}} -> {"loss.lambda": 5}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
 
 
 def _yaml_key(f: dataclasses.Field) -> str:
