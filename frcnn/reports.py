@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from frcnn.data.io import atomic_write_bytes
 from frcnn.visualize import class_color, draw_boxes, show_image  # noqa: E402
 
 __all__ = ["atomic_write_text", "atomic_savefig", "write_per_class_csv", "plot_pr_curves",
@@ -33,37 +34,21 @@ __all__ = ["atomic_write_text", "atomic_savefig", "write_per_class_csv", "plot_p
 GT_UNDERLAY, GT_COLOR = "white", "black"
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_suffix(path.suffix + ".tmp")
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` (parents created) via `<path>.tmp` and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there if the write or rename failed
+    """Write `text` (UTF-8) to `path`, parents created, via a temp file and an atomic rename."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def atomic_savefig(fig: Figure, path: str | Path, **savefig_kwargs: Any) -> None:
-    """`fig.savefig(path)` via `<path>.tmp` and an atomic rename; the format is `path`'s suffix.
+    """`fig.savefig(path)` atomically; the format is `path`'s suffix.
 
     The figure stays open (the caller owns it); `savefig_kwargs` go to matplotlib (dpi, ...).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    # the temp name ends in .tmp, so matplotlib must be told the format
+    buf = io.BytesIO()
     savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
-    try:
-        fig.savefig(tmp, **savefig_kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fig.savefig(buf, **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _fmt(value: float) -> str:
