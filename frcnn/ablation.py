@@ -141,7 +141,7 @@ def ablation_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = by_setting[varied]
         row: dict[str, Any] = {"setting": varied,
                                "group": ",".join(sorted({r["group"] for r in group})),
-                               "runs": len(group)}
+                               "runs": len(group), "shared": "; ".join(sorted(common))}
         for key, _ in COLUMNS:
             mean, std = _mean_std([r["metrics"].get(key) for r in group])
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
@@ -188,8 +188,11 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["# Ablations (measured here)", "",
              "Mean ± sample std over seeds; Δ against the `baseline` setting (params.yaml as "
              "committed). COCO AP50 (101-point, IoU ≥ 0.5, pycocotools) and VOC07 AP50 (11-point, "
-             "devkit rules) are different metrics: compare like with like.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "devkit rules) are different metrics: compare like with like."]
+    if rows and rows[0]["shared"]:
+        lines += ["", f"Every run here also has: `{rows[0]['shared']}` (the study's own setting)."]
+    lines += ["",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["setting"], str(r["runs"])] + [_fmt(r[f"{k}_mean"], r[f"{k}_std"], r["runs"])
                                                   for k, _ in COLUMNS]

@@ -250,13 +250,19 @@ def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml
 
 
 @app.command()
-def compare(out: Annotated[Path, typer.Option(help="output folder")] = Path("reports")) -> None:
+def compare(out: Annotated[Path, typer.Option(help="output folder")] = Path("reports"),
+            group: Annotated[str | None, typer.Option(
+                help="only this ablation group (grid name); its shared settings, e.g. a reduced "
+                     "train.max_steps, then count as its baseline")] = None) -> None:
     """Every evaluated MLflow run against the baseline: reports/ablations.{md,csv,png}."""
     from frcnn.ablation import (ablation_table, runs_from_mlflow, to_markdown,
                                 write_ablation_outputs)
     from frcnn.tracking import experiment_name, tracking_uri
 
-    rows = ablation_table(runs_from_mlflow(tracking_uri(Path(".")), experiment_name()))
+    runs = runs_from_mlflow(tracking_uri(Path(".")), experiment_name())
+    if group is not None:
+        runs = [r for r in runs if r["group"] == group]
+    rows = ablation_table(runs)
     if not rows:
         _fail(ValueError(f"no evaluated runs in {tracking_uri(Path('.'))}: run `make repro` first"))
     write_ablation_outputs(rows, to_markdown(rows), out)

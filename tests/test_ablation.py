@@ -74,3 +74,12 @@ def test_runs_are_read_back_from_an_mlflow_store(tmp_path):
 def test_planned_run_command_is_a_queued_dvc_experiment():
     assert PlannedRun("a-0-s0", {"seed": 0}).command() == ["dvc", "exp", "run", "--queue", "-n",
                                                            "a-0-s0", "-S", "seed=0"]
+
+
+def test_a_group_alone_takes_its_shared_quick_setting_as_baseline():
+    quick = "train.max_steps=30"
+    runs = [_run("baseline", 0.44),  # a full-length workspace run: another group
+            _run(quick, 0.10), _run(f"loss.lambda=1.0; {quick}", 0.05)]
+    rows = ablation_table([r for r in runs if r["varied"] != "baseline"])
+    assert [(r["setting"], r["map_mean"]) for r in rows] == [("baseline", 0.10),
+                                                            ("loss.lambda=1.0", 0.05)]
