@@ -602,6 +602,25 @@ def _emit(records: list[dict[str, Any]], new: list[dict[str, Any]] | dict[str, A
         print(format_record(rec), flush=True)
 
 
+def _measure_pair(records: list[dict[str, Any]], info: dict[str, Any], figure: str,
+                  memory_figure: str, size: str, fns: dict[str, Callable[[], None]],
+                  models: tuple[nn.Module, nn.Module], reps: int, batch: int,
+                  sync: Callable[[], None], profile: bool, tag: dict[str, Any]) -> None:
+    """Time `fns` (ours, tv) alternately; optionally profile them; on CUDA also peak memory."""
+    t = alternate(fns, warmup=1, repeats=reps, sync=sync)
+    _emit(records, ratio_record(figure, size, t["ours"], t["tv"], batch=batch, **tag))
+    ours, tv = models
+    if profile:
+        info[f"profile_{figure}"] = {"ours": profile_step(ours, fns["ours"]),
+                                     "torchvision": profile_step(tv, fns["tv"])}
+    if tag["device"] == "cuda":
+        mem = {k: measure_memory_cuda(m, fns[k]) for k, m in (("ours", ours), ("tv", tv))}
+        _emit(records, {"figure": memory_figure, "size": size, "unit": "MiB",
+                        "ours": mem["ours"], "torchvision": mem["tv"],
+                        "ratio": mem["ours"] / mem["tv"], "method": "cuda max_memory_allocated",
+                        **tag})
+
+
 def bench_size(size: str, base: Config, quick: bool, device: str, amp: bool,
                profile: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The time figures of one size on one device; returns (records, info incl. param counts)."""
@@ -625,34 +644,16 @@ def bench_size(size: str, base: Config, quick: bool, device: str, amp: bool,
     reps = (2 if big else 3) if quick else (4 if big else 10)
     steps = {"ours": make_train_step(ours, images, targets, device, amp),
              "tv": make_train_step(tv, images, targets, device, amp)}
-    t = alternate(steps, warmup=1, repeats=reps, sync=sync)
-    _emit(records, ratio_record("train_step", size, t["ours"], t["tv"], batch=2, **tag))
-    if profile:
-        info["profile_train_step"] = {"ours": profile_step(ours, steps["ours"]),
-                                      "torchvision": profile_step(tv, steps["tv"])}
-    if device == "cuda":
-        mem = {k: measure_memory_cuda(m, steps[k]) for k, m in (("ours", ours), ("tv", tv))}
-        _emit(records, {"figure": "peak_memory_train", "size": size, "unit": "MiB",
-                        "ours": mem["ours"], "torchvision": mem["tv"],
-                        "ratio": mem["ours"] / mem["tv"], "method": "cuda max_memory_allocated",
-                        **tag})
+    _measure_pair(records, info, "train_step", "peak_memory_train", size, steps, (ours, tv),
+                  reps, 2, sync, profile, tag)
     del steps
     gc.collect()
 
     one = images[:1]
     infer = {"ours": make_infer(ours, one, device, amp), "tv": make_infer(tv, one, device, amp)}
     reps = (3 if big else 5) if quick else (8 if big else 20)
-    t = alternate(infer, warmup=1, repeats=reps, sync=sync)
-    _emit(records, ratio_record("infer_b1", size, t["ours"], t["tv"], batch=1, **tag))
-    if profile:
-        info["profile_infer_b1"] = {"ours": profile_step(ours, infer["ours"]),
-                                    "torchvision": profile_step(tv, infer["tv"])}
-    if device == "cuda":
-        mem = {k: measure_memory_cuda(m, infer[k]) for k, m in (("ours", ours), ("tv", tv))}
-        _emit(records, {"figure": "peak_memory_infer_b1", "size": size, "unit": "MiB",
-                        "ours": mem["ours"], "torchvision": mem["tv"],
-                        "ratio": mem["ours"] / mem["tv"], "method": "cuda max_memory_allocated",
-                        **tag})
+    _measure_pair(records, info, "infer_b1", "peak_memory_infer_b1", size, infer, (ours, tv),
+                  reps, 1, sync, profile, tag)
 
     if quick and big and device == "cpu":
         _emit(records, {"figure": "throughput_b8", "size": size, "unit": "images/s",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
 from frcnn.anchors import AnchorGenerator
-from frcnn.boxes import BoxCoder, clip_boxes
+from frcnn.boxes import BoxCoder, clip_boxes, remove_small_boxes
 from frcnn.losses import rpn_loss
 from frcnn.matching import BELOW_LOW_THRESHOLD, match, sample_balanced
 
@@ -100,8 +100,7 @@ class RegionProposalNetwork(nn.Module):
         boxes = clip_boxes(boxes, sizes[:, 0:1], sizes[:, 1:2])
         image_idx = torch.arange(n, device=boxes.device)[:, None].expand(n, pre_n)
         boxes, scores, image_idx = boxes.reshape(-1, 4), scores.reshape(-1), image_idx.reshape(-1)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = torch.where((wh >= self.s.min_box_size).all(dim=1))[0]
+        keep = remove_small_boxes(boxes, self.s.min_box_size)
         boxes, scores, image_idx = boxes[keep], scores[keep], image_idx[keep]
         # one NMS call for the whole batch: boxes of different images never suppress each other
         keep = batched_nms(boxes, scores, image_idx, self.s.nms_thresh)  # sorted by score
