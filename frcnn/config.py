@@ -28,6 +28,12 @@ class SynthConfig:
     num_test: int = 250
     image_size: int = 256
     seed: int = 0
+    # Difficulty (frcnn/data/synth.py):
+    min_object_size: float = 12.0  # px, nominal diameter of the smallest objects
+    max_objects: int = 8  # per image
+    distractors: int = 12  # at most this many non-class clutter shapes per image
+    patterned_fill: float = 0.8  # fraction of objects filled with a pattern instead of a colour
+    textured_background: float = 0.5  # fraction of backgrounds with a faint pattern
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,13 @@ def validate(cfg: Config) -> Config:
            "must be a non-empty list of distinct names")
     _check(d.synth.num_trainval > 0 and d.synth.num_test > 0, "data.synth", "image counts must be > 0")
     _check(d.synth.image_size >= 64, "data.synth.image_size", "must be >= 64")
+    _check(4 <= d.synth.min_object_size <= 0.9 * d.synth.image_size, "data.synth.min_object_size",
+           "must be between 4 px and 90% of data.synth.image_size")
+    _check(d.synth.max_objects >= 1, "data.synth.max_objects", "must be >= 1")
+    _check(d.synth.distractors >= 0, "data.synth.distractors", "must be >= 0")
+    _check(0 <= d.synth.patterned_fill <= 1, "data.synth.patterned_fill", "must be in [0, 1]")
+    _check(0 <= d.synth.textured_background <= 1, "data.synth.textured_background",
+           "must be in [0, 1]")
     _check(a.copies >= 0, "augment.copies", "must be >= 0")
     for name in ("hflip_p", "random_crop_p", "min_visibility"):
         _check(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "must be in [0, 1]")

@@ -68,6 +68,9 @@ def test_config_is_frozen_and_round_trips_through_dicts():
     ({"rpn": 3}, "rpn: must be a mapping"),
     ({"rpn.post_nms_top_n_test": 7000}, "rpn.post_nms_top_n_test: must be <= rpn.pre_nms_top_n_test"),
     ({"model.max_size": 100}, "model.max_size: must be >= model.min_size"),
+    ({"data.synth.min_object_size": 300}, "data.synth.min_object_size: must be between"),
+    ({"data.synth.max_objects": 0}, "data.synth.max_objects: must be >= 1"),
+    ({"data.synth.patterned_fill": 1.5}, "data.synth.patterned_fill: must be in [0, 1]"),
 ])
 def test_bad_values_raise_one_message_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -23,6 +23,7 @@ and the lists are written to data/raw/splits/.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -85,8 +86,7 @@ def source_of(cfg: Config) -> dict[str, Any]:
         s = d.synth
         # The generator's own code is part of the source: editing synth.py regenerates.
         code = hashlib.md5(Path(synth_module.__file__).read_bytes()).hexdigest()[:12]
-        return {"dataset": "synth", "num_trainval": s.num_trainval, "num_test": s.num_test,
-                "image_size": s.image_size, "seed": s.seed, "generator": code}
+        return {"dataset": "synth", **dataclasses.asdict(s), "generator": code}
     if d.dataset == "url":
         return {"dataset": "url", "url": d.url, "md5": d.md5}
     return {"dataset": d.dataset,

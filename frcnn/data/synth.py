@@ -47,7 +47,6 @@ from frcnn.data.io import progress_bar
 CLASSES = ("disc", "ring", "rectangle", "triangle", "star", "cross")
 FOLDER = "SYNTH"  # data/raw/VOCdevkit/SYNTH, like VOCdevkit/VOC2007
 
-MIN_SIZE = 12.0  # px, smallest nominal object diameter
 MAX_SIZE_FRAC = 0.9  # largest nominal diameter, as a fraction of the image side
 DROP_VISIBLE = 0.12  # below this visible fraction an object is not annotated
 DIFFICULT_VISIBLE = 0.4  # below this it is annotated difficult
@@ -113,10 +112,13 @@ def _area(v: np.ndarray) -> float:
 # ---------------------------------------------------------------- textures
 
 
+PATTERNS = ("stripes", "checker", "dots", "noise")
+
+
 def _texture(rng: np.random.Generator, h: int, w: int, c1: np.ndarray, c2: np.ndarray,
              kind: str | None = None) -> np.ndarray:
     """An (h, w, 3) float fill: solid, stripes, checker, dots or speckle, with a light gradient."""
-    kind = kind or rng.choice(["solid", "stripes", "checker", "dots", "noise"])
+    kind = kind or rng.choice(["solid", *PATTERNS])
     if kind == "solid":
         tex = np.broadcast_to(c1, (h, w, 3)).astype(np.float32)
     elif kind == "noise":
@@ -152,8 +154,8 @@ def _luma(c: np.ndarray) -> float:
 # ---------------------------------------------------------------- background and clutter
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) float: gradient + low-frequency noise + optional faint texture."""
+def _background(rng: np.random.Generator, size: int, textured_p: float) -> np.ndarray:
+    """(size, size, 3) float: gradient + low-frequency noise + a faint texture (`textured_p`)."""
     a, b = _random_colour(rng), _random_colour(rng)
     th = rng.uniform(0, 2 * math.pi)
     ramp = np.linspace(0, 1, size, dtype=np.float32)
@@ -164,7 +166,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     low = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
     low = np.asarray(low.resize((size, size), Image.BILINEAR), np.float32) - 128.0
     img = img + low * rng.uniform(0.1, 0.5)
-    if rng.random() < 0.5:
+    if rng.random() < textured_p:
         c = _random_colour(rng)
         kind = rng.choice(["stripes", "checker", "dots"])
         tex = _texture(rng, size, size, c, img.mean(axis=(0, 1)), kind=kind)
@@ -212,14 +214,22 @@ def _draw_distractors(rng: np.random.Generator, img: Image.Image, n: int, thin: 
 # ---------------------------------------------------------------- one image
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[SynthObject]]:
-    """One image (size, size, 3) uint8 and its annotated objects, drawn from `rng`."""
-    bg = Image.fromarray(np.clip(_background(rng, size), 0, 255).astype(np.uint8))
-    _draw_distractors(rng, bg, int(rng.integers(3, 13)), thin=False)
+def render_image(rng: np.random.Generator, size: int, cfg: SynthConfig | None = None
+                 ) -> tuple[np.ndarray, list[SynthObject]]:
+    """One image (size, size, 3) uint8 and its annotated objects, drawn from `rng`.
+
+    `cfg` supplies the difficulty knobs (object sizes and counts, clutter, textures); its
+    counts and seed are not used here.
+    """
+    cfg = cfg or SynthConfig()
+    bg = Image.fromarray(np.clip(_background(rng, size, cfg.textured_background), 0, 255)
+                         .astype(np.uint8))
+    _draw_distractors(rng, bg, int(rng.integers(cfg.distractors // 4, cfg.distractors + 1)),
+                      thin=False)
     img = np.asarray(bg, np.float32).copy()
 
-    n = 0 if rng.random() < EMPTY_P else 1 + int(rng.binomial(7, 0.4))
-    sizes = np.exp(rng.uniform(math.log(MIN_SIZE), math.log(MAX_SIZE_FRAC * size), n))
+    n = 0 if rng.random() < EMPTY_P else 1 + int(rng.binomial(cfg.max_objects - 1, 0.4))
+    sizes = np.exp(rng.uniform(math.log(cfg.min_object_size), math.log(MAX_SIZE_FRAC * size), n))
     order = np.argsort(-sizes)  # mostly big first, so small objects stay visible ...
     for i in range(n - 1):  # ... but not always: some small ones get hidden behind big ones
         if rng.random() < 0.25:
@@ -260,12 +270,13 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
                 break
             c1 = _random_colour(rng)
         c2 = c1 * rng.uniform(0.3, 0.8) + _random_colour(rng) * rng.uniform(0.0, 0.4)
-        tex = _texture(rng, y1 - y0, x1 - x0, c1, c2)
+        kind = str(rng.choice(PATTERNS)) if rng.random() < cfg.patterned_fill else "solid"
+        tex = _texture(rng, y1 - y0, x1 - x0, c1, c2, kind=kind)
         img[y0:y1, x0:x1][region] = tex[region]
         owner[y0:y1, x0:x1][region] = k
 
     top = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    _draw_distractors(rng, top, int(rng.integers(0, 3)), thin=True)
+    _draw_distractors(rng, top, int(rng.integers(0, 3)) if cfg.distractors else 0, thin=True)
     img = np.asarray(top, np.float32) + rng.normal(0, rng.uniform(2, 8), (size, size, 1))
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     if rng.random() < 0.3:
@@ -337,7 +348,7 @@ def generate_synth(root: str | Path, cfg: SynthConfig, progress: bool = True) ->
     total = cfg.num_trainval + cfg.num_test
     for split, index, image_id in progress_bar(_split_ids(cfg), enabled=progress, total=total,
                                                desc="synth", unit="img"):
-        pixels, objects = render_image(image_rng(cfg.seed, split, index), cfg.image_size)
+        pixels, objects = render_image(image_rng(cfg.seed, split, index), cfg.image_size, cfg)
         Image.fromarray(pixels).save(root / "JPEGImages" / f"{image_id}.jpg",
                                      quality=int(70 + (index * 7919) % 26))
         (root / "Annotations" / f"{image_id}.xml").write_text(

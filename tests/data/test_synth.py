@@ -79,3 +79,41 @@ def test_a_real_detection_task():
     assert 0.05 < np.mean([o.truncated for o in objects]) < 0.6
     for o, side in zip(objects, sides):
         assert o.difficult == (o.visible < DIFFICULT_VISIBLE or side < DIFFICULT_SIZE)
+
+
+def _objects(cfg: SynthConfig, n: int = 60, size: int = 128):
+    out = []
+    for i in range(n):
+        out.append(render_image(image_rng(3, "trainval", i), size, cfg))
+    return out
+
+
+def test_difficulty_knobs_change_what_is_drawn():
+    """min_object_size, max_objects, distractors and fills do what params.yaml says."""
+    easy = SynthConfig(min_object_size=32, max_objects=3, distractors=0, patterned_fill=0.0,
+                       textured_background=0.0)
+    rendered = _objects(easy)
+    objects = [o for _, objs in rendered for o in objs]
+    assert max(len(objs) for _, objs in rendered) <= 3
+    # Nominal size >= 32 px; the visible box of an untruncated, unoccluded shape is not far below.
+    whole = [o for o in objects if o.visible > 0.99 and not o.truncated]
+    assert whole and min(math.sqrt((o.bndbox[2] - o.bndbox[0] + 1) * (o.bndbox[3] - o.bndbox[1] + 1))
+                         for o in whole) > 14
+    hard_sides = [math.sqrt((o.bndbox[2] - o.bndbox[0] + 1) * (o.bndbox[3] - o.bndbox[1] + 1))
+                  for _, objs in _objects(SynthConfig()) for o in objs]
+    assert min(hard_sides) < 14  # the default keeps tiny objects
+
+    # Without distractors, patterns or textured backgrounds, pixels outside the boxes are smooth:
+    # a clutter-free image has far less high-frequency energy there than the default's.
+    def background_roughness(cfg: SynthConfig) -> float:
+        values = []
+        for x, objs in _objects(cfg, n=20):
+            keep = np.ones(x.shape[:2], bool)
+            for o in objs:
+                x0, y0, x1, y1 = o.bndbox
+                keep[max(0, y0 - 3):y1 + 2, max(0, x0 - 3):x1 + 2] = False
+            grad = np.abs(np.diff(x.astype(np.float32).mean(axis=2), axis=1))
+            values.append(grad[keep[:, 1:]].mean())
+        return float(np.mean(values))
+
+    assert background_roughness(easy) < 0.7 * background_roughness(SynthConfig())
