@@ -95,6 +95,18 @@ def augment(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
 
 
 @app.command()
+def pretrain(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Pretrain the backbone on trainval object crops (models/backbone.pt, reports/pretrain.json)."""
+    from frcnn.data.io import DataError
+    from frcnn.pipeline import run_pretrain
+
+    try:
+        run_pretrain(params, overrides=parse_overrides(set_))
+    except (ConfigError, DataError) as exc:
+        _fail(exc)
+
+
+@app.command()
 def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
           resume: Annotated[bool, typer.Option(help="continue from models/model.pt")] = False) -> None:
     """Train the detector (models/model.pt, reports/train/). Runs under torchrun too."""

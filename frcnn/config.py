@@ -30,6 +30,7 @@ class SynthConfig:
     seed: int = 0
     # Difficulty (frcnn/data/synth.py):
     min_object_size: float = 12.0  # px, nominal diameter of the smallest objects
+    max_object_size: float = 230.0  # px, of the largest (at most 90% of image_size)
     max_objects: int = 8  # per image
     distractors: int = 12  # at most this many non-class clutter shapes per image
     patterned_fill: float = 0.8  # fraction of objects filled with a pattern instead of a colour
@@ -86,8 +87,8 @@ class RPNConfig:
     positive_fraction: float = 0.5
     border_tolerance: float = 0.0
     nms_thresh: float = 0.7
-    pre_nms_top_n_train: int = 12000
-    post_nms_top_n_train: int = 2000
+    pre_nms_top_n_train: int = 2000
+    post_nms_top_n_train: int = 1000
     pre_nms_top_n_test: int = 6000
     post_nms_top_n_test: int = 300
     min_box_size: float = 1.0
@@ -95,7 +96,7 @@ class RPNConfig:
 
 @dataclass(frozen=True)
 class ROIConfig:
-    op: Literal["align", "pool"] = "align"
+    op: Literal["align", "pool"] = "pool"
     output_size: int = 7
     sampling_ratio: int = 2
     head: Literal["mlp", "avg"] = "mlp"
@@ -118,11 +119,23 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    # Backbone pretraining on object crops (frcnn/pretrain.py); steps 0 = start from random weights
+    # (or from ImageNet with model.pretrained).
+    steps: int = 0
+    batch_size: int = 64
+    crop_size: int = 64
+    context: float = 0.1
+    lr: float = 0.001
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 4
-    epochs: int = 1
-    max_steps: int = 0
+    epochs: int = 2
+    max_steps: int = 800
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 0.0005
     momentum: float = 0.9
@@ -154,6 +167,7 @@ class Config:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: ROIConfig = field(default_factory=ROIConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -284,6 +298,8 @@ def validate(cfg: Config) -> Config:
     _check(d.synth.image_size >= 64, "data.synth.image_size", "must be >= 64")
     _check(4 <= d.synth.min_object_size <= 0.9 * d.synth.image_size, "data.synth.min_object_size",
            "must be between 4 px and 90% of data.synth.image_size")
+    _check(d.synth.min_object_size <= d.synth.max_object_size, "data.synth.max_object_size",
+           "must be >= data.synth.min_object_size")
     _check(d.synth.max_objects >= 1, "data.synth.max_objects", "must be >= 1")
     _check(d.synth.distractors >= 0, "data.synth.distractors", "must be >= 0")
     _check(0 <= d.synth.patterned_fill <= 1, "data.synth.patterned_fill", "must be in [0, 1]")
@@ -296,6 +312,17 @@ def validate(cfg: Config) -> Config:
     _check(a.color_jitter >= 0.0, "augment.color_jitter", "must be >= 0")
     _check(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0 = from the dataset)")
     _check(m.min_size >= 32, "model.min_size", "must be >= 32")
+    pt = cfg.pretrain
+    _check(pt.steps >= 0, "pretrain.steps", "must be >= 0 (0 = no pretraining)")
+    _check(pt.batch_size >= 2, "pretrain.batch_size", "must be >= 2")
+    _check(pt.crop_size >= 32, "pretrain.crop_size", "must be >= 32")
+    _check(0.0 <= pt.context <= 1.0, "pretrain.context", "must be in [0, 1]")
+    _check(pt.lr > 0, "pretrain.lr", "must be > 0")
+    _check(pt.weight_decay >= 0, "pretrain.weight_decay", "must be >= 0")
+    _check(not (pt.steps and m.pretrained), "pretrain.steps",
+           "must be 0 with model.pretrained: true (ImageNet weights or crop pretraining, not both)")
+    _check(not (pt.steps and m.frozen_bn), "pretrain.steps",
+           "must be 0 with model.frozen_bn: true (frozen BatchNorm only suits ImageNet weights)")
     _check(m.max_size >= m.min_size, "model.max_size", "must be >= model.min_size")
     _check(len(an.scales) > 0, "anchors.scales", "must not be empty")
     _check(len(an.ratios) > 0, "anchors.ratios", "must not be empty")

@@ -1,7 +1,9 @@
 """The train and evaluate stages: config in, files out. `stages/*.py` and `frcnn <stage>` call these.
 
 Paths are the pipeline's fixed layout (dvc.yaml declares the same ones):
-  data/augmented/trainval.json  → train → models/model.pt, reports/train/{loss.csv,summary.json}
+  data/processed/trainval.json  → pretrain → models/backbone.pt, reports/pretrain.json
+  data/augmented/trainval.json (+ models/backbone.pt) → train → models/model.pt,
+      reports/train/{loss.csv,summary.json}
   data/processed/test.json + models/model.pt → evaluate → reports/{metrics.json, per_class_ap.csv,
       pr_curves.csv, pr_curves.png, detections.png}, data/detections/test.json (COCO results)
 Every file is written to a temp name and renamed, so an interrupted stage leaves no half-file.
@@ -21,18 +23,21 @@ from typing import Any
 import torch
 
 from frcnn.ablation import PUBLISHED, ablation_tags
-from frcnn.checkpoint import check_compatible, load_checkpoint
-from frcnn.config import load_config
+from frcnn.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from frcnn.config import Config, load_config
 from frcnn.data.dataset import DetectionDataset, collate_fn
 from frcnn.engine import (init_distributed, predict, seed_everything, select_device,
                           to_coco_results, train)
 from frcnn.inference import load_detector
-from frcnn.model.faster_rcnn import build_model
+from frcnn.model.faster_rcnn import FasterRCNN, build_model
+from frcnn.pretrain import pretrain_backbone
 from frcnn.reports import (atomic_write_text, plot_detection_grid, plot_pr_curves,
                            pr_curves_table, write_per_class_csv)
 from frcnn.evaluation import coco_metrics, voc_metrics
 from frcnn.tracking import Tracker, default_tags
 
+PRETRAIN_JSON = Path("data/processed/trainval.json")
+BACKBONE = Path("models/backbone.pt")
 TRAIN_JSON = Path("data/augmented/trainval.json")
 TEST_JSON = Path("data/processed/test.json")
 CHECKPOINT = Path("models/model.pt")
@@ -76,6 +81,51 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _pretrain_key(cfg: Config) -> dict[str, Any]:
+    """What models/backbone.pt must have been made with to be used by this config."""
+    return {"seed": cfg.seed, "model.backbone": cfg.model.backbone,
+            **{f"pretrain.{k}": v for k, v in cfg.to_dict()["pretrain"].items()}}
+
+
+def run_pretrain(params: Path = Path("params.yaml"), root: Path = Path("."),
+                 overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Pretrain the backbone on trainval object crops -> models/backbone.pt, reports/pretrain.json.
+
+    With `pretrain.steps: 0` nothing is trained: the file records that, and the detector starts
+    from random (or, with model.pretrained, ImageNet) weights.
+    """
+    cfg = load_config(root / params, overrides)
+    weights, summary = None, {"steps": 0}
+    if cfg.pretrain.steps:
+        weights, summary = pretrain_backbone(cfg, root / PRETRAIN_JSON, progress=progress)
+        print(f"pretrain: held-out crop accuracy {summary['heldout_accuracy']:.3f} "
+              f"(chance {summary['chance_accuracy']:.3f}) after {summary['steps']} steps, "
+              f"{summary['seconds']} s")
+    save_checkpoint(root / BACKBONE, {"backbone": weights, "made_with": _pretrain_key(cfg),
+                                      "summary": summary})
+    _write_json(root / REPORTS / "pretrain.json", summary)
+    return summary
+
+
+def load_pretrained_backbone(model: FasterRCNN, path: Path, cfg: Config) -> dict[str, Any] | None:
+    """With pretrain.steps > 0: the pretrain stage's trunk weights into `model`; returns its
+    summary. A missing file or one made with other settings is an error naming the file."""
+    if not cfg.pretrain.steps:
+        return None
+    if not path.exists():
+        raise CheckpointError(f"{path}: not found; pretrain.steps is {cfg.pretrain.steps}, so run "
+                              f"`frcnn pretrain` first (dvc repro does) or set pretrain.steps: 0")
+    state = load_checkpoint(path)
+    made_with, wanted = state.get("made_with") or {}, _pretrain_key(cfg)
+    stale = [f"{k} ({made_with.get(k)!r} there, {v!r} now)" for k, v in wanted.items()
+             if made_with.get(k) != v]
+    if stale or state.get("backbone") is None:
+        raise CheckpointError(f"{path}: made with other settings ({'; '.join(stale) or 'no weights'}); "
+                              f"run `frcnn pretrain` again")
+    model.backbone.load_state_dict(state["backbone"])
+    return state.get("summary")
+
+
 def run_train(params: Path = Path("params.yaml"), resume: bool = False,
               root: Path = Path("."), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train on the augmented trainval split; returns the summary written to summary.json.
@@ -88,6 +138,7 @@ def run_train(params: Path = Path("params.yaml"), resume: bool = False,
         seed_everything(cfg.seed)  # the same initial weights on every rank
         dataset = DetectionDataset(root / TRAIN_JSON, train=True)
         model = build_model(cfg, num_classes=cfg.model.num_classes or dataset.num_classes)
+        pretrained = load_pretrained_backbone(model, root / BACKBONE, cfg)
         if dist_info.rank:
             seed_everything(cfg.seed + dist_info.rank)  # each rank samples anchors/RoIs its own way
         checkpoint = root / CHECKPOINT
@@ -123,6 +174,9 @@ def run_train(params: Path = Path("params.yaml"), resume: bool = False,
             _write_csv(root / TRAIN_REPORTS / "loss.csv", result.history)
             _write_json(root / TRAIN_REPORTS / "summary.json", summary)
             tracker.log_metrics({f"train.{k}": v for k, v in summary.items()})
+            if pretrained:
+                tracker.log_metrics({f"pretrain.{k}": v for k, v in pretrained.items()
+                                     if isinstance(v, (int, float))})
             tracker.log_artifact(root / TRAIN_REPORTS / "loss.csv")
             tracker.log_dict(cfg.to_dict(), "params.json")
             tracker.set_tags({"checkpoint": str(checkpoint.resolve())})

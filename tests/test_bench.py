@@ -29,8 +29,10 @@ def test_peer_has_same_parameter_count_and_weights(pair):
         assert a.shape == b.shape and torch.equal(a, b)
     gen = tv.rpn.anchor_generator
     assert gen.sizes == ((24.0, 48.0, 96.0, 192.0),) and gen.aspect_ratios == ((0.5, 1.0, 2.0),)
-    assert tv.rpn._pre_nms_top_n == {"training": 12000, "testing": 6000}
-    assert tv.rpn._post_nms_top_n == {"training": 2000, "testing": 300}
+    r = cfg.rpn
+    assert tv.rpn._pre_nms_top_n == {"training": r.pre_nms_top_n_train, "testing": r.pre_nms_top_n_test}
+    assert tv.rpn._post_nms_top_n == {"training": r.post_nms_top_n_train,
+                                      "testing": r.post_nms_top_n_test}
     assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 128
     assert tv.transform.min_size == (256,) and tv.transform.max_size == 320
     assert tv.transform.size_divisible == 16

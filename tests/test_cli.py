@@ -96,6 +96,8 @@ def test_stages_without_their_inputs_exit_2_naming_the_file(runner: CliRunner, t
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     for args, message in ((["train"], "data/augmented/trainval.json: not found"),
+                          (["pretrain", "--set", "pretrain.steps=10"],
+                           "data/processed/trainval.json: not found"),
                           (["evaluate", "--checkpoint", "none.pt"], "none.pt: checkpoint not found"),
                           (["report"], "reports/metrics.json")):
         result = runner.invoke(app, args)

@@ -33,6 +33,7 @@ def params_and_data(tmp_path_factory):
     """A tiny synth dataset (8 trainval images) and params whose training has no randomness
     left but the flips (same for any world size): every anchor and RoI is sampled, BN frozen."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["pretrain"]["steps"] = 0
     params["data"]["synth"].update(num_trainval=8, num_test=2, image_size=96, seed=1)
     params["augment"].update(copies=0)
     params["model"].update(min_size=96, max_size=96, frozen_bn=True)

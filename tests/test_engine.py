@@ -46,7 +46,8 @@ def tiny_config(**train):
         "rpn": {"hidden_channels": 32, "pre_nms_top_n_train": 200, "post_nms_top_n_train": 50,
                 "pre_nms_top_n_test": 100, "post_nms_top_n_test": 20, "batch_size_per_image": 32},
         "roi": {"hidden_dim": 32, "batch_size_per_image": 16},
-        "train": {"batch_size": 2, "epochs": 1, "lr": 0.01, "warmup_steps": 2, "num_workers": 0,
+        "train": {"batch_size": 2, "epochs": 1, "max_steps": 0, "lr": 0.01, "warmup_steps": 2,
+                  "num_workers": 0,
                   "checkpoint_every": 3, "log_every": 1, "device": "cpu", **train},
     })
 

@@ -28,6 +28,7 @@ def tiny_params() -> dict[str, Any]:
     params["train"].update(batch_size=2, max_steps=2, warmup_steps=0, lr=0.005, num_workers=0,
                            log_every=1, checkpoint_every=100, device="cpu", amp=False)
     params["eval"].update(batch_size=3, num_preview=2)
+    params["pretrain"].update(steps=0)  # test_pretrain.py covers it
     return params
 
 

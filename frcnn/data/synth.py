@@ -47,7 +47,6 @@ from frcnn.data.io import progress_bar
 CLASSES = ("disc", "ring", "rectangle", "triangle", "star", "cross")
 FOLDER = "SYNTH"  # data/raw/VOCdevkit/SYNTH, like VOCdevkit/VOC2007
 
-MAX_SIZE_FRAC = 0.9  # largest nominal diameter, as a fraction of the image side
 DROP_VISIBLE = 0.12  # below this visible fraction an object is not annotated
 DIFFICULT_VISIBLE = 0.4  # below this it is annotated difficult
 DIFFICULT_SIZE = 14.0  # visible box sqrt(w*h) below this (px) -> difficult
@@ -229,7 +228,7 @@ def render_image(rng: np.random.Generator, size: int, cfg: SynthConfig | None = 
     img = np.asarray(bg, np.float32).copy()
 
     n = 0 if rng.random() < EMPTY_P else 1 + int(rng.binomial(cfg.max_objects - 1, 0.4))
-    sizes = np.exp(rng.uniform(math.log(cfg.min_object_size), math.log(MAX_SIZE_FRAC * size), n))
+    sizes = np.exp(rng.uniform(math.log(cfg.min_object_size), math.log(min(cfg.max_object_size, 0.9 * size)), n))
     order = np.argsort(-sizes)  # mostly big first, so small objects stay visible ...
     for i in range(n - 1):  # ... but not always: some small ones get hidden behind big ones
         if rng.random() < 0.25:

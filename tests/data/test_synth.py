@@ -90,11 +90,14 @@ def _objects(cfg: SynthConfig, n: int = 60, size: int = 128):
 
 def test_difficulty_knobs_change_what_is_drawn():
     """min_object_size, max_objects, distractors and fills do what params.yaml says."""
-    easy = SynthConfig(min_object_size=32, max_objects=3, distractors=0, patterned_fill=0.0,
-                       textured_background=0.0)
+    easy = SynthConfig(min_object_size=32, max_object_size=48, max_objects=3, distractors=0,
+                       patterned_fill=0.0, textured_background=0.0)
     rendered = _objects(easy)
     objects = [o for _, objs in rendered for o in objs]
     assert max(len(objs) for _, objs in rendered) <= 3
+    # nominal diameter <= 48 px: a rectangle stretched 2.5:1 and rotated has a diagonal of at most
+    # 48 * sqrt(2.5 + 1 / 2.5) = 81.7 px; the default draws objects up to 90 % of the image
+    assert max(max(o.bndbox[2] - o.bndbox[0], o.bndbox[3] - o.bndbox[1]) + 1 for o in objects) <= 83
     # Nominal size >= 32 px; the visible box of an untruncated, unoccluded shape is not far below.
     whole = [o for o in objects if o.visible > 0.99 and not o.truncated]
     assert whole and min(math.sqrt((o.bndbox[2] - o.bndbox[0] + 1) * (o.bndbox[3] - o.bndbox[1] + 1))
