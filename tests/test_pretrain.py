@@ -96,3 +96,24 @@ def test_steps_zero_writes_a_file_without_weights(tmp_path: Path) -> None:
 def test_bad_pretrain_settings_name_the_key(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from_dict({}, overrides)
+
+
+def test_train_starts_from_the_pretrained_trunk_and_logs_its_accuracy(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from frcnn.pipeline import run_train
+
+    if not (project / BACKBONE).exists():
+        run_pretrain(root=project, progress=False)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(var, raising=False)
+    assert run_train(root=project)["steps"] == 2
+    pretrain = json.loads((project / "reports/pretrain.json").read_text())
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()])
+    assert len(runs) == 1 and runs[0].data.params["pretrain.steps"] == "60"
+    acc = runs[0].data.metrics["pretrain.heldout_accuracy"]
+    assert acc == pytest.approx(pretrain["heldout_accuracy"])
