@@ -17,7 +17,6 @@ Shapes: N crops, S = `pretrain.crop_size`, K foreground classes.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from frcnn.config import Config
-from frcnn.data.io import DataError
-from frcnn.data.io import progress_bar
+from frcnn.config import Config, TrainConfig
+from frcnn.data.dataset import DetectionDataset
+from frcnn.data.io import DataError, progress_bar
+from frcnn.engine import lr_at
 from frcnn.model.backbone import build_backbone
 from frcnn.model.transform import IMAGENET_MEAN, IMAGENET_STD
 
@@ -49,39 +49,27 @@ class Crops:
 def object_crops(gt_json: Path, crop_size: int, context: float) -> Crops:
     """Every non-difficult GT box of a COCO file, widened by `context` x its size on each side,
     cut out (zero padding past the border) and resized to crop_size x crop_size."""
-    try:
-        coco = json.loads(Path(gt_json).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{gt_json}: not found; run the data stages first") from None
-    cats = sorted(coco["categories"], key=lambda c: c["id"])
-    anns: dict[int, list[dict[str, Any]]] = {}
-    for a in coco["annotations"]:
-        if not a.get("difficult", 0) and not a.get("iscrowd", 0):
-            anns.setdefault(a["image_id"], []).append(a)
+    dataset = DetectionDataset(gt_json, train=False)  # parses, checks and drops difficult boxes
+    images = sorted(dataset.images, key=lambda im: im["id"])
     pixels, labels, holdout = [], [], []
-    for i, im in enumerate(sorted(coco["images"], key=lambda m: m["id"])):
-        rows = anns.get(im["id"], [])
-        if not rows:
+    for i, im in enumerate(images):
+        if not len(im["labels"]):
             continue
-        path = Path(gt_json).parent / im["file_name"]
         try:
-            with Image.open(path) as pil:
+            with Image.open(im["path"]) as pil:
                 image = pil.convert("RGB")
         except OSError as exc:
-            raise DataError(f"{path}: cannot read image ({exc})") from None
-        for a in rows:
-            x, y, w, h = a["bbox"]
-            box = (x - context * w, y - context * h, x + (1 + context) * w, y + (1 + context) * h)
-            crop = image.crop(tuple(round(v) for v in box)).resize((crop_size, crop_size),
-                                                                   Image.BILINEAR)
-            pixels.append(np.asarray(crop))
-            labels.append(a["category_id"] - 1)
+            raise DataError(f"{im['path']}: cannot read image ({exc})") from None
+        for (x0, y0, x1, y1), label in zip(im["boxes"].tolist(), im["labels"].tolist()):
+            dx, dy = context * (x1 - x0), context * (y1 - y0)
+            box = (round(x0 - dx), round(y0 - dy), round(x1 + dx), round(y1 + dy))
+            pixels.append(np.asarray(image.crop(box).resize((crop_size, crop_size), Image.BILINEAR)))
+            labels.append(label - 1)
             holdout.append(i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1)
     if not pixels:
         raise DataError(f"{gt_json}: no non-difficult objects to pretrain on")
     return Crops(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(),
-                 torch.tensor(labels), torch.tensor(holdout),
-                 tuple(c["name"] for c in cats))
+                 torch.tensor(labels), torch.tensor(holdout), dataset.class_names)
 
 
 class CropClassifier(nn.Module):
@@ -122,11 +110,11 @@ def pretrain_backbone(cfg: Config, gt_json: Path, progress: bool = True
     model = CropClassifier(backbone.body, backbone.out_channels, len(crops.class_names)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
+    schedule = TrainConfig(lr=p.lr, warmup_steps=0, schedule="cosine")  # to 0: the last steps settle
     start, losses = time.perf_counter(), []
     for step in progress_bar(range(p.steps), enabled=progress, desc="pretrain", unit="step"):
-        lr = p.lr * 0.5 * (1 + np.cos(np.pi * step / p.steps))  # cosine to 0: the last steps settle
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr_at(step, p.steps, schedule)
         pick = train_idx[torch.randint(len(train_idx), (p.batch_size,), generator=generator)]
         x = crops.pixels[pick].float() / 255
         flip = torch.rand(len(pick), generator=generator) < 0.5  # shapes are mirror-symmetric classes
