@@ -35,6 +35,7 @@ class SynthConfig:
     distractors: int = 12  # at most this many non-class clutter shapes per image
     patterned_fill: float = 0.8  # fraction of objects filled with a pattern instead of a colour
     textured_background: float = 0.5  # fraction of backgrounds with a faint pattern
+    class_colour: float = 0.0  # fraction of objects coloured from their class's hue band
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= d.synth.patterned_fill <= 1, "data.synth.patterned_fill", "must be in [0, 1]")
     _check(0 <= d.synth.textured_background <= 1, "data.synth.textured_background",
            "must be in [0, 1]")
+    _check(0 <= d.synth.class_colour <= 1, "data.synth.class_colour", "must be in [0, 1]")
     _check(a.copies >= 0, "augment.copies", "must be >= 0")
     for name in ("hflip_p", "random_crop_p", "min_visibility"):
         _check(0.0 <= getattr(a, name) <= 1.0, f"augment.{name}", "must be in [0, 1]")

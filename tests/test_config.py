@@ -71,6 +71,7 @@ def test_config_is_frozen_and_round_trips_through_dicts():
     ({"data.synth.min_object_size": 300}, "data.synth.min_object_size: must be between"),
     ({"data.synth.max_objects": 0}, "data.synth.max_objects: must be >= 1"),
     ({"data.synth.patterned_fill": 1.5}, "data.synth.patterned_fill: must be in [0, 1]"),
+    ({"data.synth.class_colour": -0.1}, "data.synth.class_colour: must be in [0, 1]"),
 ])
 def test_bad_values_raise_one_message_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -6,10 +6,12 @@ the split and i), written exactly as PASCAL VOC is (`JPEGImages/<id>.jpg`, `Anno
 runs the same code as for real VOC.
 
 What it contains
-- 6 classes, told apart by shape only: disc (filled ellipse), ring (ellipse with a hole of 45-70 %
-  of its radius), rectangle, triangle, star (5 points) and cross (plus sign). Colour carries no
-  class information: every object gets random colours and one of five fills (solid, stripes,
-  checker, dots, speckle noise) with a lighting gradient, also independent of the class.
+- 6 classes by shape: disc (filled ellipse), ring (ellipse with a hole of 45-70 % of its radius),
+  rectangle, triangle, star (5 points) and cross (plus sign). Each object gets one of five fills
+  (solid, stripes, checker, dots, speckle noise) with a lighting gradient, independent of the
+  class. Its main colour comes from its class's hue band for a fraction `class_colour` of objects
+  (as real classes have typical colours) and is random otherwise; at `class_colour: 0` colour
+  carries no class information and only the shape tells classes apart.
 - Sizes log-uniform from 12 px to 90 % of the image side; aspect ratios up to 2.5:1 (1.6:1 for
   stars and triangles, which must stay recognisable); random rotation; 0-8 objects per image,
   5 % of images have none. Objects are drawn in order, so later ones occlude earlier ones, and
@@ -31,6 +33,7 @@ Speed: 1250 images of 256 px take ~25 s on one core here (numpy + PIL, one RNG p
 
 from __future__ import annotations
 
+import colorsys
 import math
 import time
 from collections.abc import Iterator
@@ -144,6 +147,17 @@ def _texture(rng: np.random.Generator, h: int, w: int, c1: np.ndarray, c2: np.nd
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, 3).astype(np.float32)
+
+
+def class_colour(rng: np.random.Generator, class_index: int) -> np.ndarray:
+    """A saturated colour whose hue lies in the class's band: class k owns hues k/6 +- 1/20.
+
+    Like real classes (sky is blue, grass green), a class then has a typical colour without
+    colour deciding it: bands leave gaps, and backgrounds and distractors take any colour.
+    """
+    hue = (class_index + rng.uniform(-0.3, 0.3)) / len(CLASSES)
+    rgb = colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.55, 1.0), rng.uniform(0.45, 1.0))
+    return np.array(rgb, np.float32) * 255
 
 
 def _luma(c: np.ndarray) -> float:
@@ -263,11 +277,13 @@ def render_image(rng: np.random.Generator, size: int, cfg: SynthConfig | None = 
         y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         region = mask[y0:y1, x0:x1]
         bg_luma = _luma(img[y0:y1, x0:x1][region].mean(axis=0))
-        c1 = _random_colour(rng)
+        # Only a non-zero class_colour draws the extra number: at 0 the set is the shape-only one.
+        typical = cfg.class_colour > 0 and rng.random() < cfg.class_colour
+        c1 = class_colour(rng, CLASSES.index(name)) if typical else _random_colour(rng)
         for _ in range(5):  # keep the object visible against its surroundings
             if abs(_luma(c1) - bg_luma) > 40:
                 break
-            c1 = _random_colour(rng)
+            c1 = class_colour(rng, CLASSES.index(name)) if typical else _random_colour(rng)
         c2 = c1 * rng.uniform(0.3, 0.8) + _random_colour(rng) * rng.uniform(0.0, 0.4)
         kind = str(rng.choice(PATTERNS)) if rng.random() < cfg.patterned_fill else "solid"
         tex = _texture(rng, y1 - y0, x1 - x0, c1, c2, kind=kind)

@@ -1,13 +1,14 @@
 """The embedded dataset: exact VOC layout, determinism, and a task that is not a toy."""
 
+import colorsys
 import math
 
 import numpy as np
 from PIL import Image
 
 from frcnn.config import SynthConfig
-from frcnn.data.synth import (CLASSES, DIFFICULT_SIZE, DIFFICULT_VISIBLE, generate_synth,
-                              image_rng, render_image)
+from frcnn.data.synth import (CLASSES, DIFFICULT_SIZE, DIFFICULT_VISIBLE, class_colour,
+                              generate_synth, image_rng, render_image)
 from frcnn.data.voc import parse_voc_xml
 
 SMALL = SynthConfig(num_trainval=6, num_test=3, image_size=96, seed=7)
@@ -120,3 +121,34 @@ def test_difficulty_knobs_change_what_is_drawn():
         return float(np.mean(values))
 
     assert background_roughness(easy) < 0.7 * background_roughness(SynthConfig())
+
+
+def _nearest_band(rgb: np.ndarray) -> int:
+    """Index of the class hue band nearest to the colour's hue."""
+    hue = colorsys.rgb_to_hsv(*(rgb / 255.0))[0] * len(CLASSES)
+    return int(np.argmin([min(abs(hue - k), len(CLASSES) - abs(hue - k)) for k in range(len(CLASSES))]))
+
+
+def test_class_colour_gives_classes_their_hue_band():
+    """class_colour=1 paints each object in its class's band; 0 leaves colour uninformative."""
+    rng = np.random.default_rng(0)
+    for k in range(len(CLASSES)):
+        assert all(_nearest_band(class_colour(rng, k)) == k for _ in range(50))
+
+    def hue_matches_class(fraction: float) -> float:
+        cfg = SynthConfig(class_colour=fraction, patterned_fill=0.0, distractors=0,
+                          textured_background=0.0, min_object_size=40, max_objects=3)
+        hits = []
+        for x, objs in _objects(cfg, n=150):
+            for o in objs:
+                # the box centre lies on the shape for these classes when nothing covers it
+                if o.name in ("disc", "rectangle", "star", "cross") and o.visible > 0.99:
+                    x0, y0, x1, y1 = (v - 1 for v in o.bndbox)
+                    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+                    centre = np.median(x[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3), axis=0)
+                    hits.append(_nearest_band(centre) == CLASSES.index(o.name))
+        assert len(hits) > 50
+        return float(np.mean(hits))
+
+    assert hue_matches_class(1.0) > 0.8
+    assert hue_matches_class(0.0) < 0.4  # chance is 1/6
