@@ -35,7 +35,7 @@ class SynthConfig:
     distractors: int = 12  # at most this many non-class clutter shapes per image
     patterned_fill: float = 0.8  # fraction of objects filled with a pattern instead of a colour
     textured_background: float = 0.5  # fraction of backgrounds with a faint pattern
-    class_colour: float = 0.0  # fraction of objects coloured from their class's hue band
+    class_colour: float = 1.0  # fraction of objects coloured from their class's hue band
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class ROIConfig:
     fg_iou_thresh: float = 0.5
     bg_iou_thresh_lo: float = 0.0
     score_thresh: float = 0.05
-    nms_thresh: float = 0.5
+    nms_thresh: float = 0.3
     detections_per_img: int = 100
 
 
