@@ -2,12 +2,13 @@
 
 The paper's detector starts from a VGG16 that first learnt to classify ImageNet. Offline there is
 no ImageNet, and a detector learnt from random weights on a CPU budget finds objects long before
-it can tell them apart: on the embedded set, after 8 CPU minutes, its proposals cover 97 % of the
-test objects at IoU 0.5 but the right class wins only a third of the time. Learning "which shape"
-through whole images, RoI pooling and 75 % background RoIs is slow; learning it from object crops
-is fast (the same trunk reaches ~85 % crop accuracy in about two minutes). So, as in the paper,
-the trunk is a classifier first: it classifies the trainval objects, cropped with some context and
-resized to one size, in large batches; the detector then starts from its weights.
+it can tell them apart: on the shape-only set (`data.synth.class_colour: 0`), after 8 CPU
+minutes, its proposals cover 97 % of the test objects at IoU 0.5 but the right class wins only a
+third of the time. Learning "which shape" through whole images, RoI pooling and 75 % background
+RoIs is slow; learning it from object crops is fast (the same trunk reaches ~85 % crop accuracy
+in about two minutes). So, as in the paper, the trunk is a classifier first: it classifies the
+trainval objects, cropped with some context and resized to one size, in large batches; the
+detector then starts from its weights.
 
 Only trainval annotations are used (never test); every tenth trainval image is held out to report
 the accuracy (`reports/pretrain.json`). Difficult objects are skipped, as in training.
