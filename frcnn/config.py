@@ -102,6 +102,7 @@ class ROIConfig:
     sampling_ratio: int = 2
     head: Literal["mlp", "avg"] = "mlp"
     hidden_dim: int = 512
+    class_agnostic_box: bool = False
     batch_size_per_image: int = 128
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5

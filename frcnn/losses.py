@@ -10,7 +10,8 @@ RPN (Ren et al. eq. 1):  L = L_cls + lambda * L_reg
   the regression on top of that.
 Second stage (Fast R-CNN):  L = L_cls + roi_lambda * L_reg
   L_cls = mean cross-entropy over the R sampled RoIs (K+1 classes, 0 = background);
-  L_reg = sum over foreground RoIs of smooth-L1 on the deltas of their GT class only, divided by R.
+  L_reg = sum over foreground RoIs of smooth-L1 on the deltas of their GT class only (or on the one
+          class-agnostic set, `roi.class_agnostic_box`), divided by R.
 
 smooth-L1 with `beta`: 0.5 x^2 / beta if |x| < beta else |x| - 0.5 beta (beta = 1 is the formula in
 the reference design; 1/9 is the paper's code, which makes small errors count more).
@@ -43,13 +44,14 @@ def fast_rcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, tar
                    lambda_: float, beta: float) -> tuple[Tensor, Tensor]:
     """Losses over the R sampled RoIs of a batch.
 
-    class_logits (R, K+1), box_deltas (R, 4*(K+1)) per-class, labels (R,) in 0..K,
-    target_deltas (R, 4) -> (L_cls, lambda * L_reg).
+    class_logits (R, K+1), box_deltas (R, 4*(K+1)) per-class or (R, 4) class-agnostic,
+    labels (R,) in 0..K, target_deltas (R, 4) -> (L_cls, lambda * L_reg).
     """
     num_rois = max(labels.numel(), 1)
     cls = F.cross_entropy(class_logits, labels, reduction="sum") / num_rois
     fg = torch.where(labels > 0)[0]
     # only the regressor of the RoI's own class is trained: the other K-1 outputs get no gradient
-    pred = box_deltas.reshape(box_deltas.shape[0], -1, 4)[fg, labels[fg]]
+    per_class = box_deltas.reshape(box_deltas.shape[0], -1, 4)
+    pred = per_class[fg, labels[fg] if per_class.shape[1] > 1 else 0]
     reg = F.smooth_l1_loss(pred, target_deltas[fg], beta=beta, reduction="sum") / num_rois
     return cls, lambda_ * reg

@@ -80,6 +80,20 @@ def test_fast_rcnn_only_the_gt_class_regressor_of_foreground_rois_gets_gradient(
     assert nonzero.tolist() == [[False, False, False], [False, False, True], [False, True, False]]
 
 
+def test_fast_rcnn_class_agnostic_regression_equals_the_per_class_loss_on_shared_deltas():
+    """(R, 4) deltas are trained exactly as per-class deltas that repeat them for every class."""
+    g = torch.Generator().manual_seed(1)
+    logits, shared = torch.randn(4, 3, generator=g), torch.randn(4, 4, generator=g)
+    labels, target = torch.tensor([0, 2, 1, 2]), torch.randn(4, 4, generator=g)
+    agnostic = fast_rcnn_loss(logits, shared, labels, target, 2.0, 1 / 9)
+    per_class = fast_rcnn_loss(logits, shared.repeat(1, 3), labels, target, 2.0, 1 / 9)
+    torch.testing.assert_close(agnostic, per_class)
+    fg = labels > 0
+    expected = torch.nn.functional.smooth_l1_loss(shared[fg], target[fg], beta=1 / 9,
+                                                  reduction="sum") / 4
+    torch.testing.assert_close(agnostic[1], 2.0 * expected)
+
+
 def test_fast_rcnn_loss_all_background_is_finite_with_zero_box_term():
     cls, reg = fast_rcnn_loss(torch.randn(5, 4), torch.randn(5, 16), torch.zeros(5, dtype=torch.int64),
                               torch.full((5, 4), float("inf")), 1.0, 1 / 9)  # bg targets unused

@@ -62,6 +62,8 @@ def test_head_and_predictor_shapes():
     assert AvgPoolHead(4, 32)(x).shape == (5, 32)
     logits, deltas = BoxPredictor(32, num_classes=3)(torch.rand(5, 32))
     assert logits.shape == (5, 4) and deltas.shape == (5, 16)   # K + 1 classes, per-class boxes
+    logits, deltas = BoxPredictor(32, num_classes=3, class_agnostic=True)(torch.rand(5, 32))
+    assert logits.shape == (5, 4) and deltas.shape == (5, 4)    # one box for every class
 
 
 GT_BOX = torch.tensor([[0.0, 0.0, 20.0, 20.0]])
@@ -163,6 +165,23 @@ def test_postprocess_decodes_the_deltas_of_each_class():
     boxes = {lab: box for lab, box in zip(d["labels"].tolist(), d["boxes"].tolist())}
     assert boxes[1] == pytest.approx([10.0, 0.0, 30.0, 20.0])
     assert boxes[2] == pytest.approx([0.0, 5.0, 20.0, 15.0])
+
+
+def test_class_agnostic_deltas_give_every_class_the_same_box():
+    """(R, 4) deltas detect exactly what (R, 4(K+1)) deltas repeating them per class detect."""
+    proposals = [torch.tensor([[0.0, 0.0, 20.0, 20.0], [30.0, 10.0, 50.0, 40.0]]), torch.zeros(0, 4)]
+    probs = [[0.2, 0.5, 0.3], [0.1, 0.3, 0.6]]
+    agnostic = torch.tensor([[5.0, 0.0, 0.0, 5 * math.log(0.5)], [-2.0, 3.0, 1.0, 0.0]])
+    results = []
+    for deltas in (agnostic, agnostic.repeat(1, 3)):
+        heads = make_heads(num_classes=2, score_thresh=0.05).eval()
+        set_predictions(heads, probs, deltas)
+        results.append(heads(torch.rand(2, 4, 8, 8), proposals, [(100, 100)] * 2)[0])
+    (first, empty), (second, _) = results
+    assert len(first["boxes"]) == 4 and empty["boxes"].shape == (0, 4)
+    for key in ("boxes", "labels", "scores"):
+        torch.testing.assert_close(first[key], second[key])
+    assert first["boxes"][first["labels"] == 1][0].tolist() == pytest.approx([10.0, 5.0, 30.0, 15.0])
 
 
 def test_an_image_without_proposals_gets_empty_detections():

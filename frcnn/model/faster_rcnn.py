@@ -79,7 +79,7 @@ def build_model(config: Config, num_classes: int | None = None) -> FasterRCNN:
         box_head = MLPHead(backbone.out_channels * roi.output_size ** 2, roi.hidden_dim)
         head_dim = roi.hidden_dim
     roi_heads = RoIHeads(
-        box_head, BoxPredictor(head_dim, k), backbone.stride,
+        box_head, BoxPredictor(head_dim, k, roi.class_agnostic_box), backbone.stride,
         ROISettings(op=roi.op, output_size=roi.output_size, sampling_ratio=roi.sampling_ratio,
                     batch_size_per_image=roi.batch_size_per_image,
                     positive_fraction=roi.positive_fraction, fg_iou_thresh=roi.fg_iou_thresh,

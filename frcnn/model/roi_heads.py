@@ -58,12 +58,13 @@ class Res5Head(nn.Module):
 
 
 class BoxPredictor(nn.Module):
-    """(R, D) -> class logits (R, K+1) and per-class deltas (R, 4(K+1))."""
+    """(R, D) -> class logits (R, K+1) and per-class deltas (R, 4(K+1)), or with `class_agnostic`
+    one set of deltas (R, 4) shared by all classes (detectron2's CLS_AGNOSTIC_BBOX_REG)."""
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    def __init__(self, in_features: int, num_classes: int, class_agnostic: bool = False) -> None:
         super().__init__()
         self.cls_score = nn.Linear(in_features, num_classes + 1)
-        self.bbox_pred = nn.Linear(in_features, 4 * (num_classes + 1))
+        self.bbox_pred = nn.Linear(in_features, 4 if class_agnostic else 4 * (num_classes + 1))
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
@@ -148,7 +149,8 @@ class RoIHeads(nn.Module):
 
     def postprocess(self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
                     image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """(R, K+1) logits, (R, 4(K+1)) deltas -> per image {boxes (D, 4), labels (D,), scores (D,)}.
+        """(R, K+1) logits, (R, 4(K+1)) or class-agnostic (R, 4) deltas -> per image
+        {boxes (D, 4), labels (D,), scores (D,)}.
 
         The whole batch at once (one decode, one threshold, one NMS with (image, class) groups):
         a loop over images would run every small op N times.
@@ -159,8 +161,10 @@ class RoIHeads(nn.Module):
         image = torch.repeat_interleave(torch.arange(n, device=device), counts)      # (R,)
         props = torch.cat(proposals)
         sizes = torch.tensor(image_sizes, dtype=props.dtype, device=device)[image]   # (R, 2)
-        boxes = clip_boxes(self.box_coder.decode(box_deltas, props).view(-1, num_classes, 4),
-                           sizes[:, 0:1], sizes[:, 1:2])
+        # (R, K+1, 4); a class-agnostic regressor's one box serves every class
+        boxes = self.box_coder.decode(box_deltas, props)
+        boxes = boxes.view(props.shape[0], box_deltas.shape[1] // 4, 4).expand(-1, num_classes, 4)
+        boxes = clip_boxes(boxes, sizes[:, 0:1], sizes[:, 1:2])
         scores = torch.softmax(class_logits, dim=1)
         labels = torch.arange(num_classes, device=device).expand_as(scores)
         image = image[:, None].expand_as(scores)
