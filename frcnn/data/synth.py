@@ -279,11 +279,10 @@ def render_image(rng: np.random.Generator, size: int, cfg: SynthConfig | None = 
         bg_luma = _luma(img[y0:y1, x0:x1][region].mean(axis=0))
         # Only a non-zero class_colour draws the extra number: at 0 the set is the shape-only one.
         typical = cfg.class_colour > 0 and rng.random() < cfg.class_colour
-        c1 = class_colour(rng, CLASSES.index(name)) if typical else _random_colour(rng)
-        for _ in range(5):  # keep the object visible against its surroundings
+        for _ in range(6):  # keep the object visible against its surroundings: 5 redraws at most
+            c1 = class_colour(rng, CLASSES.index(name)) if typical else _random_colour(rng)
             if abs(_luma(c1) - bg_luma) > 40:
                 break
-            c1 = class_colour(rng, CLASSES.index(name)) if typical else _random_colour(rng)
         c2 = c1 * rng.uniform(0.3, 0.8) + _random_colour(rng) * rng.uniform(0.0, 0.4)
         kind = str(rng.choice(PATTERNS)) if rng.random() < cfg.patterned_fill else "solid"
         tex = _texture(rng, y1 - y0, x1 - x0, c1, c2, kind=kind)
