@@ -97,13 +97,13 @@ class RPNConfig:
 
 @dataclass(frozen=True)
 class ROIConfig:
-    op: Literal["align", "pool"] = "pool"
+    op: Literal["align", "pool"] = "align"
     output_size: int = 7
-    sampling_ratio: int = 2
+    sampling_ratio: int = 1
     head: Literal["mlp", "avg"] = "mlp"
     hidden_dim: int = 512
     class_agnostic_box: bool = False
-    batch_size_per_image: int = 128
+    batch_size_per_image: int = 64
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
     bg_iou_thresh_lo: float = 0.0

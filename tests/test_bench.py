@@ -33,7 +33,7 @@ def test_peer_has_same_parameter_count_and_weights(pair):
     assert tv.rpn._pre_nms_top_n == {"training": r.pre_nms_top_n_train, "testing": r.pre_nms_top_n_test}
     assert tv.rpn._post_nms_top_n == {"training": r.post_nms_top_n_train,
                                       "testing": r.post_nms_top_n_test}
-    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == 128
+    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == cfg.roi.batch_size_per_image
     assert tv.transform.min_size == (256,) and tv.transform.max_size == 320
     assert tv.transform.size_divisible == 16
 
