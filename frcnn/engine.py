@@ -60,6 +60,22 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The reduced precision `train.amp` trains in on `device`, or None for float32.
+
+    CUDA: float16 (with loss scaling). CPU: bfloat16 where oneDNN runs it natively (AVX512-BF16 or
+    AMX); elsewhere it would be emulated and slower than float32, so float32 stays.
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    native_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if device.type == "cpu" and native_bf16:
+        return torch.bfloat16
+    return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -174,13 +190,17 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed-size padded batches: autotuning pays off
     params = [p for p in model.parameters() if p.requires_grad]
+    # fused: one kernel over all parameters; PyTorch's per-tensor loop costs ~50 ms a step on a
+    # CPU for the small model's 10 M parameters, a tenth of the step (fused: ~10 ms)
     if t.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
+                                                             fused=True)
     else:
         optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
-                                    weight_decay=t.weight_decay)
-    use_amp = t.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+                                    weight_decay=t.weight_decay, fused=True)
+    amp_dtype = autocast_dtype(device, t.amp)
+    # bfloat16 has float32's exponent range: only float16 needs its gradients scaled
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     n_per_epoch = steps_per_epoch(len(dataset), t.batch_size, dist_info.world_size)
     if n_per_epoch == 0:
@@ -254,7 +274,7 @@ def train(
             lr = lr_at(step, total_steps, t)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 losses = ddp_model(images, targets)
             loss = sum(losses.values())
             finite = torch.isfinite(loss.detach()).float()

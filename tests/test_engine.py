@@ -10,8 +10,8 @@ import torch
 
 from frcnn.checkpoint import CheckpointError, load_checkpoint
 from frcnn.config import TrainConfig, config_from_dict
-from frcnn.engine import (DistInfo, EpochBatches, NonFiniteLossError, hflip, lr_at, seed_everything,
-                          to_coco_results, train)
+from frcnn.engine import (DistInfo, EpochBatches, NonFiniteLossError, autocast_dtype, hflip, lr_at,
+                          seed_everything, to_coco_results, train)
 from frcnn.model.faster_rcnn import build_model
 
 
@@ -98,6 +98,30 @@ def _run(cfg, ckpt: Path, resume=False):
     model = build_model(cfg, num_classes=2)
     result = train(model, TinyShapes(), collate, cfg, ckpt, resume=resume, progress=False)
     return model, result
+
+
+CPU_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_amp_means_float16_on_cuda_and_native_bfloat16_on_cpu():
+    assert autocast_dtype(torch.device("cuda"), amp=True) == torch.float16
+    assert autocast_dtype(torch.device("cuda"), amp=False) is None
+    assert autocast_dtype(torch.device("cpu"), amp=False) is None
+    assert autocast_dtype(torch.device("cpu"), amp=True) == (torch.bfloat16 if CPU_BF16 else None)
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_train_amp_runs_the_trunk_in_bfloat16_on_a_cpu_that_has_it(tmp_path, amp):
+    dtypes = []
+    seed_everything(0)
+    cfg = tiny_config(max_steps=2, amp=amp)
+    model = build_model(cfg, num_classes=2)
+    model.backbone.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    result = train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    # the weights (what the optimizer updates and the checkpoint keeps) stay float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert dtypes and set(dtypes) == {torch.bfloat16 if amp and CPU_BF16 else torch.float32}
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
