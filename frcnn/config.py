@@ -97,7 +97,7 @@ class RPNConfig:
 
 @dataclass(frozen=True)
 class ROIConfig:
-    op: Literal["align", "pool"] = "align"
+    op: Literal["align_grid", "align", "pool"] = "align_grid"
     output_size: int = 7
     sampling_ratio: int = 1
     head: Literal["mlp", "avg"] = "mlp"
@@ -345,6 +345,8 @@ def validate(cfg: Config) -> Config:
     _check(r.min_box_size >= 0, "rpn.min_box_size", "must be >= 0")
     _check(roi.output_size >= 1, "roi.output_size", "must be >= 1")
     _check(roi.sampling_ratio >= 0, "roi.sampling_ratio", "must be >= 0")
+    _check(roi.op != "align_grid" or roi.sampling_ratio >= 1, "roi.sampling_ratio",
+           "must be >= 1 with roi.op: align_grid (0, adaptive, needs roi.op: align)")
     _check(roi.hidden_dim > 0, "roi.hidden_dim", "must be > 0")
     _check(roi.batch_size_per_image > 0, "roi.batch_size_per_image", "must be > 0")
     _check(0.0 < roi.positive_fraction <= 1.0, "roi.positive_fraction", "must be in (0, 1]")

@@ -56,7 +56,7 @@ def test_config_is_frozen_and_round_trips_through_dicts():
     ({"anchors.scales": []}, "anchors.scales: must not be empty"),
     ({"anchors.ratios": [1.0, 0.0]}, "anchors.ratios: must all be > 0"),
     ({"roi.output_size": 0}, "roi.output_size: must be >= 1"),
-    ({"roi.op": "max"}, "roi.op: must be one of align | pool, got 'max'"),
+    ({"roi.op": "max"}, "roi.op: must be one of align_grid | align | pool, got 'max'"),
     ({"model.backbone": "vgg16"}, "model.backbone: must be one of"),
     ({"rpn.batch_size_per_image": 2.5}, "rpn.batch_size_per_image: must be an integer"),
     ({"rpn.batch_size_per_image": True}, "rpn.batch_size_per_image: must be an integer"),

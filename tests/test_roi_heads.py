@@ -24,9 +24,10 @@ def position_features(stride: int, size: int) -> torch.Tensor:
     return torch.stack((centres.expand(size, size), centres[:, None].expand(size, size)))[None]
 
 
+@pytest.mark.parametrize("op", ["align_grid", "align"])
 @pytest.mark.parametrize("stride", [8, 16])
-def test_roi_align_samples_the_rois_own_pixels(stride):
-    heads = make_heads(stride=stride, op="align", output_size=2, sampling_ratio=2)
+def test_roi_align_samples_the_rois_own_pixels(stride, op):
+    heads = make_heads(stride=stride, op=op, output_size=2, sampling_ratio=2)
     assert heads.spatial_scale == 1 / stride
     rois = [torch.tensor([[32.0, 64.0, 96.0, 128.0]])]
     out = heads.pool(position_features(stride, 160 // stride), rois)
@@ -47,8 +48,9 @@ def test_roi_pool_takes_the_max_over_the_rois_cells(stride):
     assert out[0, :, 0, 0].tolist() == [96 + stride / 2, 128 + stride / 2]
 
 
-def test_pool_takes_each_rois_own_image():
-    heads = make_heads(op="align", output_size=1, sampling_ratio=2)
+@pytest.mark.parametrize("op", ["align_grid", "align", "pool"])
+def test_pool_takes_each_rois_own_image(op):
+    heads = make_heads(op=op, output_size=1, sampling_ratio=2)
     feats = torch.stack((torch.zeros(4, 4, 4), torch.ones(4, 4, 4)))  # image 0 zeros, image 1 ones
     box = [[0.0, 0.0, 32.0, 32.0]]
     out = heads.pool(feats, [torch.tensor(box), torch.tensor(box * 2)])  # 1 RoI, then 2
@@ -109,7 +111,7 @@ def test_sample_without_gt_boxes_is_all_background():
     assert labels.tolist() == [0, 0, 0, 0] and rois.shape == (4, 4) and targets.shape == (4, 4)
 
 
-@pytest.mark.parametrize("op", ["align", "pool"])
+@pytest.mark.parametrize("op", ["align_grid", "align", "pool"])
 @pytest.mark.parametrize("head", ["mlp", "avg"])
 def test_training_losses_are_finite_and_empty_images_have_no_box_loss(op, head):
     torch.manual_seed(0)

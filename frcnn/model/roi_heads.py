@@ -20,6 +20,7 @@ from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 
 from frcnn.boxes import BoxCoder, clip_boxes
 from frcnn.losses import fast_rcnn_loss
+from frcnn.model.roi_align import roi_align_grid
 from frcnn.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match, sample_balanced
 
 
@@ -76,7 +77,7 @@ class BoxPredictor(nn.Module):
 
 @dataclass(frozen=True)
 class ROISettings:
-    op: str = "align"
+    op: str = "align_grid"
     output_size: int = 7
     sampling_ratio: int = 2
     batch_size_per_image: int = 128
@@ -106,6 +107,8 @@ class RoIHeads(nn.Module):
         size = (self.s.output_size, self.s.output_size)
         if self.s.op == "pool":
             return roi_pool(features, rois, size, self.spatial_scale)
+        if self.s.op == "align_grid":  # torchvision's numbers, a ~4x cheaper CPU backward
+            return roi_align_grid(features, rois, self.s.output_size, self.spatial_scale, self.s.sampling_ratio)
         # aligned=True: a box's continuous corners are sampled exactly, no half-pixel shift
         return roi_align(features, rois, size, self.spatial_scale, self.s.sampling_ratio, aligned=True)
 
