@@ -29,10 +29,10 @@ class SynthConfig:
     image_size: int = 256
     seed: int = 0
     # Difficulty (frcnn/data/synth.py):
-    min_object_size: float = 12.0  # px, nominal diameter of the smallest objects
-    max_object_size: float = 230.0  # px, of the largest (at most 90% of image_size)
-    max_objects: int = 8  # per image
-    distractors: int = 12  # at most this many non-class clutter shapes per image
+    min_object_size: float = 32.0  # px, nominal diameter of the smallest objects
+    max_object_size: float = 160.0  # px, of the largest (at most 90% of image_size)
+    max_objects: int = 4  # per image
+    distractors: int = 2  # at most this many non-class clutter shapes per image
     patterned_fill: float = 0.8  # fraction of objects filled with a pattern instead of a colour
     textured_background: float = 0.5  # fraction of backgrounds with a faint pattern
     class_colour: float = 1.0  # fraction of objects coloured from their class's hue band
@@ -136,8 +136,8 @@ class PretrainConfig:
 class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 4
-    epochs: int = 2
-    max_steps: int = 800
+    epochs: int = 4
+    max_steps: int = 1850
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 0.0005
     momentum: float = 0.9

@@ -12,14 +12,16 @@ What it contains
   class. Its main colour comes from its class's hue band for a fraction `class_colour` of objects
   (as real classes have typical colours) and is random otherwise; at `class_colour: 0` colour
   carries no class information and only the shape tells classes apart.
-- Sizes log-uniform from 12 px to 90 % of the image side; aspect ratios up to 2.5:1 (1.6:1 for
-  stars and triangles, which must stay recognisable); random rotation; 0-8 objects per image,
-  5 % of images have none. Objects are drawn in order, so later ones occlude earlier ones, and
-  big ones may leave the image (truncation).
+- Sizes log-uniform from `min_object_size` to `max_object_size` (default 32-160 px; the hard set
+  named in params.yaml: 12 px to 90 % of the image side); aspect ratios up to 2.5:1 (1.6:1 for
+  stars and triangles, which must stay recognisable); random rotation; 0 to `max_objects` objects
+  per image (default 4, hard 8), 5 % of images have none. Objects are drawn in order, so later
+  ones occlude earlier ones, and big ones may leave the image (truncation).
 - Backgrounds: a colour gradient plus low-frequency noise, half of them with a faint stripe,
-  checker or dot texture, 3-12 distractors that are not classes (irregular blobs, line segments,
-  open arcs; half the blobs textured like objects, so texture alone does not mean "object"),
-  a few thin lines over the objects, pixel noise, sometimes blur, JPEG quality 70-95.
+  checker or dot texture, up to `distractors` (default 2, hard 12) shapes that are not classes
+  (irregular blobs, line segments, open arcs; half the blobs textured like objects, so texture
+  alone does not mean "object"), a few thin lines over the objects, pixel noise, sometimes blur,
+  JPEG quality 70-95.
 
 Annotation rules (computed from the rendered masks, as a VOC annotator would see the image)
 - The box is the bounding box of the *visible* pixels (VOC's rule), 1-based inclusive integers.
