@@ -93,3 +93,28 @@ def test_synthetic_result_set_is_voc_sized():
     assert 400 < len(gt["annotations"]) < 800 and len(results) > len(gt["annotations"])
     ids = {im["id"] for im in gt["images"]}
     assert all(r["image_id"] in ids for r in results)
+
+
+def test_train_peer_trains_torchvisions_model_on_the_project_data(tmp_path: Path):
+    """benchmarks/train_peer.py end to end on a tiny project: trains, scores, writes its JSON."""
+    import subprocess
+    import sys
+
+    from tiny_project import REPO, build_project
+
+    root = build_project(tmp_path / "project")
+    (root / "reports" / "metrics.json").write_text(json.dumps({"map": 0.1, "ap50": 0.2, "ap75": 0.05,
+                                                              "voc07_ap50": 0.2}))
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_peer.py"), "--steps", "2"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peer = json.loads((root / "reports" / "peer_accuracy.json").read_text())
+    assert peer["steps"] == 2 and 0.0 <= peer["ap50"] <= 1.0 and 0.0 <= peer["map"] <= peer["ap50"]
+    assert "torchvision" in done.stdout and "ours 0.200" in done.stdout
+    # without the pipeline's data it says what to run instead of a traceback
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "params.yaml").write_text((root / "params.yaml").read_text())
+    missing = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_peer.py")], cwd=empty,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "run `dvc repro` first" in missing.stderr
