@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a fresh clone without install
 
 from frcnn.bench import CHANNELS, build_torchvision_peer  # noqa: E402
-from frcnn.config import load_config  # noqa: E402
+from frcnn.config import config_from_dict, load_config  # noqa: E402
 from frcnn.data.dataset import DetectionDataset, collate_fn  # noqa: E402
 from frcnn.engine import predict, seed_everything, select_device, to_coco_results, train  # noqa: E402
 from frcnn.evaluation import coco_metrics, voc_metrics  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
     if args.steps:
         overrides["train.max_steps"] = args.steps
     cfg = load_config(args.params, overrides)
-    cfg = load_config(args.params, {**overrides, "rpn.hidden_channels": CHANNELS[cfg.model.backbone]})
+    cfg = config_from_dict(cfg.to_dict(), {"rpn.hidden_channels": CHANNELS[cfg.model.backbone]})
     for path in (TRAIN_JSON, TEST_JSON):
         if not path.exists():
             sys.exit(f"{path}: missing; run `dvc repro` first")

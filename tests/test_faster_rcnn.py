@@ -184,8 +184,8 @@ def test_proposals_are_detached_from_the_rpn():
     assert model.rpn.head.conv.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("op, head", [("align_grid", "mlp"), ("align", "mlp"), ("pool", "mlp"), ("pool", "avg"),
-                                      ("align", "avg")])
+@pytest.mark.parametrize("op, head", [("align_grid", "mlp"), ("align", "mlp"), ("pool", "mlp"),
+                                      ("pool", "avg"), ("align", "avg")])
 def test_roi_pool_and_roi_align_both_run_end_to_end(op, head):
     model = tiny_model(**{"roi.op": op, "roi.head": head, "roi.score_thresh": 0.0})
     assert model.roi_heads.spatial_scale == 1 / 16

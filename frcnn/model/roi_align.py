@@ -57,7 +57,7 @@ def roi_align_grid(features: Tensor, rois: list[Tensor], output_size: int, spati
             grid[i, : r.shape[0]] = (2 * points + 1) / points.new_tensor([width, height]) - 1
     out = F.grid_sample(features.float(), grid.view(n_img, r_max * n, n, 2), mode="bilinear",
                         padding_mode="border", align_corners=False)  # (N, C, R_max * n, n)
-    out = out.view(n_img, channels, r_max, n, n).transpose(1, 2)  # (N, R_max, C, n, n)
+    out = out.reshape(n_img, channels, r_max, n, n).transpose(1, 2)  # (N, R_max, C, n, n)
     out = torch.cat([out[i, :c] for i, c in enumerate(counts)])  # (R, C, n, n)
     if sampling_ratio > 1:
         out = F.avg_pool2d(out, sampling_ratio)

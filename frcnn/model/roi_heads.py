@@ -108,7 +108,8 @@ class RoIHeads(nn.Module):
         if self.s.op == "pool":
             return roi_pool(features, rois, size, self.spatial_scale)
         if self.s.op == "align_grid":  # torchvision's numbers, a ~4x cheaper CPU backward
-            return roi_align_grid(features, rois, self.s.output_size, self.spatial_scale, self.s.sampling_ratio)
+            return roi_align_grid(features, rois, self.s.output_size, self.spatial_scale,
+                                  self.s.sampling_ratio)
         # aligned=True: a box's continuous corners are sampled exactly, no half-pixel shift
         return roi_align(features, rois, size, self.spatial_scale, self.s.sampling_ratio, aligned=True)
 
