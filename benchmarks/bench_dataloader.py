@@ -4,15 +4,18 @@
 
 Without an existing JSON (no `dvc repro` yet) it generates a small synth set in a temp folder
 with the same stages. One line per setting; the first epoch's worker start-up is included,
-as it is in training.
+as it is in training. `loader_records` is the `dataloader` figure of `frcnn bench`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -23,12 +26,12 @@ from frcnn.data.dataset import DetectionDataset, collate_fn
 
 def synth_json(folder: Path, num_images: int) -> Path:
     """A synth trainval set of `num_images` 256 px images, through download + preprocess."""
-    from frcnn.data.download import run_download
-    from frcnn.data.preprocess import run_preprocess
+    from frcnn.pipeline import download
+    from frcnn.pipeline import preprocess
 
     cfg = config_from_dict({}, {"data.synth.num_trainval": num_images, "data.synth.num_test": 1})
-    run_download(cfg, folder / "raw", folder / "cache", progress=False)
-    run_preprocess(cfg, folder / "raw", folder / "processed", folder / "reports", progress=False)
+    download.run(cfg, raw_dir=folder / "raw", cache_dir=folder / "cache", progress=False)
+    preprocess.run(cfg, raw_dir=folder / "raw", out_dir=folder / "processed", summary_json=folder / "reports" / 'data_summary.json', summary_png=folder / "reports" / 'data_summary.png', preview_png=folder / "reports" / 'data_preview.png', progress=False)
     return folder / "processed" / "trainval.json"
 
 
@@ -42,6 +45,19 @@ def measure(dataset: DetectionDataset, workers: int, batch_size: int, images: in
         if seen >= images:
             break
     return seen / (time.perf_counter() - start)
+
+
+def loader_records(num_images: int, workers: list[int], batch_size: int) -> list[dict[str, Any]]:
+    """The `dataloader` figure: images/s on a generated synth set with each number of workers."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        dataset = DetectionDataset(synth_json(Path(tmp), num_images), train=True, hflip=True)
+        for w in workers:
+            rate = measure(dataset, w, batch_size, min(num_images, len(dataset)))
+            out.append({"figure": "dataloader", "size": f"synth 256 workers={w}",
+                        "unit": "images/s", "ours": rate, "torchvision": None, "ratio": None,
+                        "batch_size": batch_size})
+    return out
 
 
 def main() -> None:

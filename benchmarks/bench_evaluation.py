@@ -8,18 +8,31 @@ background false positives). Each function gets the same inputs; the best of `--
 printed, with the ratio. The two compute different things (pycocotools: 10 IoU thresholds,
 4 area ranges, 3 maxDets; ours: one IoU threshold, two interpolations), so the ratio says what the
 evaluate stage costs with each, not which algorithm is faster per unit of work.
+
+`eval_time_records` is the `eval_time` figure of `frcnn bench` on the same synthetic set:
+`voc_metrics` vs pycocotools alone (`pycocotools_eval`), each on its own deep copies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import io
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from frcnn.evaluation import coco_metrics, voc_metrics
+if not __package__:  # run as `python benchmarks/bench_evaluation.py`: the repo root on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import alternate, ratio_record  # noqa: E402
+from frcnn.evaluation.coco import coco_metrics  # noqa: E402
+from frcnn.evaluation.voc import voc_metrics  # noqa: E402
 
 
 def synthetic_eval_set(num_images: int = 5000, num_classes: int = 20, seed: int = 0
@@ -60,6 +73,36 @@ def synthetic_eval_set(num_images: int = 5000, num_classes: int = 20, seed: int 
              "bbox": [*map(float, d_xy[j]), *map(float, d_wh[j])], "score": float(scores[j])}
             for j in range(scores.size)]
     return gt, dets
+
+
+def pycocotools_eval(gt: dict[str, Any], results: list[dict[str, Any]]) -> float:
+    """pycocotools alone: index GT, load results, evaluate, accumulate, summarise -> mAP."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        dt = coco.loadRes(copy.deepcopy(results))
+        ev = COCOeval(coco, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])
+
+
+def eval_time_records(num_images: int, repeats: int = 1) -> list[dict[str, Any]]:
+    """The `eval_time` figure: `voc_metrics` vs `pycocotools_eval`, alternately, on one set."""
+    gt, results = synthetic_eval_set(num_images)
+    times = alternate({"ours": lambda: voc_metrics(copy.deepcopy(gt), copy.deepcopy(results)),
+                       "tv": lambda: pycocotools_eval(gt, results)}, warmup=0, repeats=repeats)
+    return [ratio_record("eval_time", f"{num_images} images", times["ours"], times["tv"],
+                         peer="pycocotools", gt_boxes=len(gt["annotations"]),
+                         detections=len(results),
+                         note="ours: frcnn.evaluation.voc_metrics (VOC07 11-point + VOC10 AP50); "
+                              "pycocotools: COCOeval bbox (10 IoUs, 4 areas), loading included; "
+                              "both timed on their own deep copies")]
 
 
 def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

@@ -2,9 +2,9 @@
 
     python benchmarks/bench_model.py [--quick] [--out reports] [--params params.yaml]
 
-A thin wrapper over `frcnn.bench.run_bench` (also `frcnn bench [--quick]`); see that module for
-how the peer is made equal and how each figure is measured. Prints one line per figure and
-writes `<out>/benchmarks.md` and `<out>/benchmarks.json`.
+A thin wrapper over `benchmarks.bench.run_bench` (also `frcnn bench [--quick]`); see that
+module and `benchmarks.peer` for how the peer is made equal and how each figure is measured.
+Prints one line per figure and writes `<out>/benchmarks.md` and `<out>/benchmarks.json`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a fresh clone without install
+if not __package__:  # run as `python benchmarks/bench_model.py`: the repo root on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frcnn.bench import run_bench  # noqa: E402
+from benchmarks.bench import run_bench  # noqa: E402
 
 
 def main() -> None:

@@ -3,12 +3,13 @@
     python benchmarks/train_peer.py [--params params.yaml] [--steps N] [--out reports]
 
 Run after `dvc repro` (it reads data/augmented and data/processed). torchvision's `FasterRCNN` is
-assembled by `frcnn.bench.build_torchvision_peer` with our trunk, anchors, proposal counts, RoI
-sampler and head widths, starting from the same initial weights; it is trained by the same loop
-(`frcnn.engine.train`: batches, flips, schedule, bfloat16 autocast) for the same steps and scored
-like `frcnn evaluate`. What stays torchvision's is its own: its RPN and box losses (no lambda,
-border anchors kept), its RoIAlign kernel, its post-processing, and an RPN conv as wide as the
-trunk. Writes `<out>/peer_accuracy.json` beside the pipeline's `<out>/metrics.json`; prints both.
+assembled by `benchmarks.peer.build_torchvision_peer` with our trunk, anchors, proposal counts,
+RoI sampler and head widths, starting from the same initial weights; it is trained by the same
+loop (`frcnn.engine.trainer.train`: batches, flips, schedule, bfloat16 autocast) for the same
+steps and scored like `frcnn evaluate`. What stays torchvision's is its own: its RPN and box
+losses (no lambda, border anchors kept), its RoIAlign kernel, its post-processing, and an RPN conv
+as wide as the trunk. Writes `<out>/peer_accuracy.json` beside the pipeline's
+`<out>/metrics.json`; prints both.
 """
 
 from __future__ import annotations
@@ -21,14 +22,19 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a fresh clone without install
+if not __package__:  # run as `python benchmarks/train_peer.py`: the repo root on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frcnn.bench import CHANNELS, build_torchvision_peer  # noqa: E402
+from benchmarks.peer import build_torchvision_peer  # noqa: E402
 from frcnn.config import config_from_dict, load_config  # noqa: E402
 from frcnn.data.dataset import DetectionDataset, collate_fn  # noqa: E402
-from frcnn.engine import predict, seed_everything, select_device, to_coco_results, train  # noqa: E402
-from frcnn.evaluation import coco_metrics, voc_metrics  # noqa: E402
-from frcnn.model.faster_rcnn import build_model  # noqa: E402
+from frcnn.engine.device import seed_everything, select_device  # noqa: E402
+from frcnn.engine.inference import predict, to_coco_results  # noqa: E402
+from frcnn.engine.trainer import train  # noqa: E402
+from frcnn.evaluation.coco import coco_metrics  # noqa: E402
+from frcnn.evaluation.voc import voc_metrics  # noqa: E402
+from frcnn.model.backbone import backbone_channels  # noqa: E402
+from frcnn.model.build import build_model  # noqa: E402
 
 TRAIN_JSON = Path("data/augmented/trainval.json")
 TEST_JSON = Path("data/processed/test.json")
@@ -45,7 +51,8 @@ def main() -> None:
     if args.steps:
         overrides["train.max_steps"] = args.steps
     cfg = load_config(args.params, overrides)
-    cfg = config_from_dict(cfg.to_dict(), {"rpn.hidden_channels": CHANNELS[cfg.model.backbone]})
+    channels = backbone_channels(cfg.model.backbone)
+    cfg = config_from_dict(cfg.to_dict(), {"rpn.hidden_channels": channels})
     for path in (TRAIN_JSON, TEST_JSON):
         if not path.exists():
             sys.exit(f"{path}: missing; run `dvc repro` first")

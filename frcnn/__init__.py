@@ -1,8 +1,10 @@
 """frcnn: Faster R-CNN (Ren et al., 2015) from first principles.
 
 Follow one image from pixels to detections: `model/transform.py` (resize, normalise, pad) →
-`model/backbone.py` (features) → `model/rpn.py` (anchors.py, matching.py, boxes.py, losses.py) →
-`model/roi_heads.py` (RoIPool/RoIAlign, box head, per-class boxes) → `model/faster_rcnn.py`.
+`model/backbone.py` (features) → `model/rpn.py` (ops/anchors.py, ops/matching.py, ops/boxes.py,
+ops/losses.py) → `model/roi_heads.py` (RoIPool/RoIAlign, box head, per-class boxes) →
+`model/faster_rcnn.py`; `model/build.py` maps params.yaml onto them. The layers, bottom up:
+ops → model → data → engine → evaluation → plots → pipeline (one module per DVC stage) → cli.
 
 Coordinate convention, everywhere: boxes are (N, 4) float tensors `(x1, y1, x2, y2)`, 0-based,
 continuous pixel coordinates of the image as given (x2 - x1 is the width). VOC's 1-based inclusive
@@ -16,7 +18,8 @@ __all__ = ["Config", "ConfigError", "load_config", "build_model"]
 
 
 def build_model(config: Config, num_classes: int | None = None):
-    """Build the detector from a Config (see `frcnn.model.faster_rcnn.build_model`)."""
-    from frcnn.model.faster_rcnn import build_model as _build
+    """Build the detector from a Config (see `frcnn.model.build.build_model`; imported here
+    lazily, so that `import frcnn.<anything>` does not import torch and the model)."""
+    from frcnn.model.build import build_model as _build
 
     return _build(config, num_classes=num_classes)

@@ -1,8 +1,7 @@
-"""DVC stage `augment` (see dvc.yaml): the same as `frcnn augment`."""
+"""DVC stage `augment` (dvc.yaml passes its paths): `frcnn.pipeline.augment`, the same as `frcnn augment`."""
 
-import sys
-
-from frcnn.cli import app
+from frcnn.pipeline import augment
+from frcnn.pipeline.command import stage_main
 
 if __name__ == "__main__":
-    app(["augment", *sys.argv[1:]])
+    stage_main(augment.command)

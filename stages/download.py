@@ -1,8 +1,7 @@
-"""DVC stage `download` (see dvc.yaml): the same as `frcnn download`."""
+"""DVC stage `download` (dvc.yaml passes its paths): `frcnn.pipeline.download`, the same as `frcnn download`."""
 
-import sys
-
-from frcnn.cli import app
+from frcnn.pipeline import download
+from frcnn.pipeline.command import stage_main
 
 if __name__ == "__main__":
-    app(["download", *sys.argv[1:]])
+    stage_main(download.command)

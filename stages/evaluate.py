@@ -1,8 +1,7 @@
-"""DVC stage `evaluate` (see dvc.yaml): the same as `frcnn evaluate`."""
+"""DVC stage `evaluate` (dvc.yaml passes its paths): `frcnn.pipeline.evaluate`, the same as `frcnn evaluate`."""
 
-import sys
-
-from frcnn.cli import app
+from frcnn.pipeline import evaluate
+from frcnn.pipeline.command import stage_main
 
 if __name__ == "__main__":
-    app(["evaluate", *sys.argv[1:]])
+    stage_main(evaluate.command)

@@ -1,8 +1,7 @@
-"""DVC stage `preprocess` (see dvc.yaml): the same as `frcnn preprocess`."""
+"""DVC stage `preprocess` (dvc.yaml passes its paths): `frcnn.pipeline.preprocess`, the same as `frcnn preprocess`."""
 
-import sys
-
-from frcnn.cli import app
+from frcnn.pipeline import preprocess
+from frcnn.pipeline.command import stage_main
 
 if __name__ == "__main__":
-    app(["preprocess", *sys.argv[1:]])
+    stage_main(preprocess.command)

@@ -1,8 +1,7 @@
-"""DVC stage `pretrain` (see dvc.yaml): the same as `frcnn pretrain`."""
+"""DVC stage `pretrain` (dvc.yaml passes its paths): `frcnn.pipeline.pretrain`, the same as `frcnn pretrain`."""
 
-import sys
-
-from frcnn.cli import app
+from frcnn.pipeline import pretrain
+from frcnn.pipeline.command import stage_main
 
 if __name__ == "__main__":
-    app(["pretrain", *sys.argv[1:]])
+    stage_main(pretrain.command)

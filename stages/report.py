@@ -1,8 +1,7 @@
-"""DVC stage `report` (see dvc.yaml): the same as `frcnn report`."""
+"""DVC stage `report` (dvc.yaml passes its paths): `frcnn.pipeline.report`, the same as `frcnn report`."""
 
-import sys
-
-from frcnn.cli import app
+from frcnn.pipeline import report
+from frcnn.pipeline.command import stage_main
 
 if __name__ == "__main__":
-    app(["report", *sys.argv[1:]])
+    stage_main(report.command)

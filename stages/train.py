@@ -1,8 +1,7 @@
-"""DVC stage `train` (see dvc.yaml): the same as `frcnn train`."""
+"""DVC stage `train` (dvc.yaml passes its paths): `frcnn.pipeline.train`, the same as `frcnn train`."""
 
-import sys
-
-from frcnn.cli import app
+from frcnn.pipeline import train
+from frcnn.pipeline.command import stage_main
 
 if __name__ == "__main__":
-    app(["train", *sys.argv[1:]])
+    stage_main(train.command)

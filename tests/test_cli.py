@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tests.tiny_project import REPO, build_project
 from typer.testing import CliRunner
 
-import frcnn.ablation
+import frcnn.tools.ablation
 from frcnn.cli import app, parse_overrides
 from frcnn.config import ConfigError
-from tiny_project import REPO, build_project
 
 STAGES = ["download", "preprocess", "augment", "train", "evaluate", "report"]
 TOOLS = ["predict", "ablate", "compare", "anchors"]
@@ -110,8 +110,8 @@ def test_ablate_dry_run_prints_the_queue_and_runs_nothing(runner: CliRunner, tmp
     def no_subprocess(*args, **kwargs):
         raise AssertionError(f"--dry-run ran {args}")
 
-    monkeypatch.setattr(frcnn.ablation, "queue_and_run", no_subprocess)
-    monkeypatch.setattr(frcnn.ablation.subprocess, "run", no_subprocess)
+    monkeypatch.setattr(frcnn.tools.ablation, "queue_and_run", no_subprocess)
+    monkeypatch.setattr(frcnn.tools.ablation.subprocess, "run", no_subprocess)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["ablate", "--grid", "lambda", "--dry-run", "--seeds", "2",
                                  "--set", "train.max_steps=50",

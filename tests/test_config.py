@@ -105,3 +105,15 @@ def test_missing_or_malformed_file(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
+
+
+def test_the_dataclass_defaults_are_params_yaml_key_by_key() -> None:
+    # one set of defaults: Config() and the committed params.yaml describe the same run
+    from pathlib import Path
+
+    import yaml
+
+    from frcnn.config import Config, flatten
+
+    committed = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert flatten(Config().to_dict()) == flatten(committed)

@@ -32,20 +32,50 @@ def tiny_params() -> dict[str, Any]:
     return params
 
 
+def stage_paths(stage: str, root: Path) -> dict[str, Any]:
+    """The path arguments of `frcnn.pipeline.<stage>.run` in the pipeline's layout under `root`
+    (the ones dvc.yaml passes, relative to the project)."""
+    data, models, reports = root / "data", root / "models", root / "reports"
+    return {
+        "download": dict(raw_dir=data / "raw", cache_dir=data / "cache"),
+        "preprocess": dict(raw_dir=data / "raw", out_dir=data / "processed",
+                           summary_json=reports / "data_summary.json",
+                           summary_png=reports / "data_summary.png",
+                           preview_png=reports / "data_preview.png"),
+        "augment": dict(processed_dir=data / "processed", out_dir=data / "augmented",
+                        preview_png=reports / "augment_preview.png"),
+        "pretrain": dict(trainval_json=data / "processed" / "trainval.json",
+                         backbone=models / "backbone.pt", summary_json=reports / "pretrain.json"),
+        "train": dict(train_json=data / "augmented" / "trainval.json",
+                      backbone=models / "backbone.pt", checkpoint=models / "model.pt",
+                      reports=reports / "train", project=root),
+        "evaluate": dict(test_json=data / "processed" / "test.json", checkpoint=models / "model.pt",
+                         reports=reports, detections=data / "detections" / "test.json",
+                         project=root),
+        "report": dict(metrics_json=reports / "metrics.json",
+                       per_class_csv=reports / "per_class_ap.csv",
+                       train_summary_json=reports / "train" / "summary.json",
+                       out=reports / "report.md"),
+    }[stage]
+
+
+def run_stage(stage: str, root: Path, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """`frcnn.pipeline.<stage>.run` on the project in `root` (its params.yaml and layout)."""
+    import importlib
+
+    from frcnn.config import load_config
+
+    cfg = load_config(root / "params.yaml", overrides)
+    module = importlib.import_module(f"frcnn.pipeline.{stage}")
+    return module.run(cfg, **{**stage_paths(stage, root), **kwargs})
+
+
 def build_project(root: Path, params: dict[str, Any] | None = None) -> Path:
     """Write params.yaml into `root` and run download, preprocess and augment there."""
-    from frcnn.config import load_config
-    from frcnn.data.augment import run_augment
-    from frcnn.data.download import run_download
-    from frcnn.data.preprocess import run_preprocess
-
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params or tiny_params()))
-    cfg = load_config(root / "params.yaml")
-    data, reports = root / "data", root / "reports"
-    run_download(cfg, data / "raw", data / "cache", progress=False)
-    run_preprocess(cfg, data / "raw", data / "processed", reports, progress=False)
-    run_augment(cfg, data / "processed", data / "augmented", reports, progress=False)
+    for stage in ("download", "preprocess", "augment"):
+        run_stage(stage, root, progress=False)
     return root
 
 

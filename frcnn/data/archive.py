@@ -14,7 +14,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from frcnn.data.io import DataError
+from frcnn.errors import DataError
 
 
 class UnsafeArchiveError(DataError):

@@ -17,9 +17,6 @@ Copy k of image i is drawn with seed (augment.seed, i, k): the output does not d
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,13 +25,9 @@ import albumentations as A
 import numpy as np
 from PIL import Image
 
-from frcnn.config import AugmentConfig, Config
-from frcnn.data.io import (DataError, atomic_save_figure, atomic_write_json, progress_bar,
-                           replace_dir, staging_dir)
+from frcnn.config import AugmentConfig
+from frcnn.errors import DataError
 
-PROCESSED_DIR = Path("data/processed")
-AUGMENTED_DIR = Path("data/augmented")
-REPORTS_DIR = Path("reports")
 LABEL_FIELDS = ["labels", "difficult", "truncated"]
 
 
@@ -79,115 +72,34 @@ def augment_sample(pipeline: A.Compose, image: np.ndarray, boxes: np.ndarray, la
             [int(v) for v in out["truncated"]])
 
 
-def run_augment(cfg: Config, processed_dir: str | Path = PROCESSED_DIR,
-                out_dir: str | Path = AUGMENTED_DIR, reports_dir: str | Path = REPORTS_DIR,
-                progress: bool = True) -> dict[str, Any]:
-    """Write the augmented training set to `out_dir` and the preview; returns counts."""
-    processed_dir, out_dir, reports_dir = Path(processed_dir), Path(out_dir), Path(reports_dir)
-    src = processed_dir / "trainval.json"
-    if not src.is_file():
-        raise DataError(f"{src}: not found; run the preprocess stage (`frcnn preprocess`) first")
-    coco = json.loads(src.read_text())
-    pipeline = build_pipeline(cfg.augment)
-    copies = cfg.augment.copies
-
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
-
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-
-    def add(entry: dict[str, Any], anns: list[dict[str, Any]]) -> int:
-        image_id = len(images) + 1
-        images.append({**entry, "id": image_id})
-        for a in anns:
-            annotations.append({**a, "id": len(annotations) + 1, "image_id": image_id})
-        return image_id
-
-    staging = staging_dir(out_dir)
-    preview: list[tuple[int, list[int]]] = []  # (original id, copy ids) for the preview
+def augmented_copies(pipeline: A.Compose, path: Path, anns: list[dict[str, Any]], index: int,
+                     copies: int, seed: int, im: dict[str, Any], orig_id: int, images_dir: Path
+                     ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """`copies` augmented variants of image `path` (COCO image `im`, annotations `anns`), saved
+    as JPEGs in `images_dir`; per copy its COCO image entry and annotations (ids unset)."""
     try:
-        (staging / "images").mkdir()
-        bar = progress_bar(coco["images"], enabled=progress, desc="augment", unit="img")
-        for index, im in enumerate(bar):
-            path = processed_dir / im["file_name"]
-            anns = by_image.get(im["id"], [])
-            # The original, referenced where it is (relative paths are from the JSON's folder).
-            rel = os.path.relpath(path, out_dir).replace(os.sep, "/")
-            orig_id = add({**im, "file_name": rel, "augmented_from": None}, anns)
-            if copies == 0:
-                continue
-            try:
-                with Image.open(path) as pil:
-                    pixels = np.asarray(pil.convert("RGB"))
-            except OSError as exc:
-                raise DataError(f"{path}: cannot read image ({exc})") from None
-            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
-                             np.float32).reshape(-1, 4)
-            copy_ids = []
-            for k in range(copies):
-                img, b, labels, diff, trunc = augment_sample(
-                    pipeline, pixels, boxes, [a["category_id"] for a in anns],
-                    [a["difficult"] for a in anns], [a["truncated"] for a in anns],
-                    sample_seed(cfg.augment.seed, index, k))
-                name = f"{im['id']:06d}_{k}.jpg"
-                Image.fromarray(img).save(staging / "images" / name, quality=95)
-                h, w = img.shape[:2]
-                new_anns = []
-                for (x1, y1, x2, y2), lab, d, t in zip(b.tolist(), labels, diff, trunc):
-                    bw, bh = x2 - x1, y2 - y1
-                    new_anns.append({"category_id": lab, "bbox": [round(x1, 2), round(y1, 2),
-                                                                  round(bw, 2), round(bh, 2)],
-                                     "area": round(bw * bh, 2), "iscrowd": d, "difficult": d,
-                                     "truncated": t})
-                copy_ids.append(add({"file_name": f"images/{name}", "width": w, "height": h,
-                                     "voc_id": im.get("voc_id"), "augmented_from": orig_id,
-                                     "copy": k}, new_anns))
-            if len(preview) < 4:
-                preview.append((orig_id, copy_ids))
-        out = {**coco, "images": images, "annotations": annotations,
-               "info": {**coco.get("info", {}),
-                        "augmented": f"{copies} copies per image, seed {cfg.augment.seed}"}}
-        atomic_write_json(staging / "trainval.json", out, indent=None)
-        atomic_write_json(staging / "pipeline.json",
-                          {**A.to_dict(pipeline), "seed": cfg.augment.seed, "copies": copies})
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    plot_augment_preview(out_dir / "trainval.json", preview, reports_dir / "augment_preview.png")
-    summary = {"images": len(images), "originals": len(coco["images"]),
-               "copies": len(images) - len(coco["images"]), "objects": len(annotations)}
-    print(f"augment: {summary['originals']} originals + {summary['copies']} copies, "
-          f"{summary['objects']} objects -> {out_dir / 'trainval.json'}")
-    return summary
-
-
-def plot_augment_preview(json_path: Path, rows: list[tuple[int, list[int]]], path: Path) -> None:
-    """One row per original image: the original, then its augmented copies, boxes drawn."""
-    import matplotlib.pyplot as plt
-
-    from frcnn.visualize import draw_boxes, show_image
-
-    coco = json.loads(Path(json_path).read_text())
-    names = [c["name"] for c in coco["categories"]]
-    images = {im["id"]: im for im in coco["images"]}
-    anns: dict[int, list[dict[str, Any]]] = {}
-    for a in coco["annotations"]:
-        anns.setdefault(a["image_id"], []).append(a)
-    cols = 1 + max((len(c) for _, c in rows), default=0)
-    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(3 * cols, 3 * max(1, len(rows))),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for r, (orig, copy_ids) in enumerate(rows):
-        for c, image_id in enumerate([orig, *copy_ids]):
-            im = images[image_id]
-            pixels = np.asarray(Image.open(Path(json_path).parent / im["file_name"]).convert("RGB"))
-            show_image(axes[r, c], pixels, title="original" if c == 0 else f"copy {c - 1}")
-            for a in anns.get(image_id, []):
-                x, y, w, h = a["bbox"]
-                draw_boxes(axes[r, c], [[x, y, x + w, y + h]], [a["category_id"]], names,
-                           linestyle="--" if a["difficult"] else "-")
-    atomic_save_figure(fig, path, dpi=72)
+        with Image.open(path) as pil:
+            pixels = np.asarray(pil.convert("RGB"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
+                     np.float32).reshape(-1, 4)
+    out = []
+    for k in range(copies):
+        img, b, labels, diff, trunc = augment_sample(
+            pipeline, pixels, boxes, [a["category_id"] for a in anns],
+            [a["difficult"] for a in anns], [a["truncated"] for a in anns],
+            sample_seed(seed, index, k))
+        name = f"{im['id']:06d}_{k}.jpg"
+        Image.fromarray(img).save(images_dir / name, quality=95)
+        h, w = img.shape[:2]
+        new_anns = []
+        for (x1, y1, x2, y2), lab, d, t in zip(b.tolist(), labels, diff, trunc):
+            bw, bh = x2 - x1, y2 - y1
+            new_anns.append({"category_id": lab, "bbox": [round(x1, 2), round(y1, 2),
+                                                          round(bw, 2), round(bh, 2)],
+                             "area": round(bw * bh, 2), "iscrowd": d, "difficult": d,
+                             "truncated": t})
+        out.append(({"file_name": f"images/{name}", "width": w, "height": h,
+                     "voc_id": im.get("voc_id"), "augmented_from": orig_id, "copy": k}, new_anns))
+    return out

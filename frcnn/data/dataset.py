@@ -22,7 +22,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from frcnn.data.io import DataError
+from frcnn.data.flip import hflip
+from frcnn.errors import DataError
 
 Target = dict[str, Any]
 
@@ -89,18 +90,16 @@ class DetectionDataset(Dataset):
                 pixels = np.asarray(pil.convert("RGB"))  # uint8 (H, W, 3)
         except OSError as exc:
             raise DataError(f"{im['path']}: cannot read image ({exc})") from None
-        boxes = im["boxes"]
-        if self.train and self.hflip and bool(torch.rand(()) < 0.5):
-            w = pixels.shape[1]
-            pixels = pixels[:, ::-1]  # a view; the copy below makes it real
-            boxes = np.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), axis=1)
         # Converted in numpy, not torch: torch's multi-threaded cast of a permuted view is
         # ~50x slower on a busy 2-core CPU. (PIL decodes: torchvision 0.29 deprecates its own.)
         chw = pixels.transpose(2, 0, 1).astype(np.float32, order="C")
         image = torch.from_numpy(np.multiply(chw, np.float32(1 / 255), out=chw))
-        boxes = torch.from_numpy(np.array(boxes, np.float32).reshape(-1, 4))
-        return image, {"boxes": boxes, "labels": torch.from_numpy(im["labels"].copy()),
-                       "image_id": im["id"], "difficult": torch.from_numpy(im["difficult"].copy())}
+        target = {"boxes": torch.from_numpy(np.array(im["boxes"], np.float32).reshape(-1, 4)),
+                  "labels": torch.from_numpy(im["labels"].copy()), "image_id": im["id"],
+                  "difficult": torch.from_numpy(im["difficult"].copy())}
+        if self.train and self.hflip and bool(torch.rand(()) < 0.5):
+            image, target = hflip(image, target)
+        return image, target
 
 
 def collate_fn(batch: Sequence[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:

@@ -26,21 +26,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from frcnn.config import Config
+from frcnn.config import Config, DataConfig
+from frcnn.data import synth as synth_module
 from frcnn.data.archive import find_voc_roots, safe_extract
 from frcnn.data.fetch import fetch
-from frcnn.data.io import DataError, atomic_write_json, replace_dir, staging_dir
-from frcnn.data import synth as synth_module
 from frcnn.data.synth import FOLDER as SYNTH_FOLDER
 from frcnn.data.synth import generate_synth
+from frcnn.errors import DataError
 
-RAW_DIR = Path("data/raw")
-CACHE_DIR = Path("data/cache")
 MANIFEST = "manifest.json"
 
 # (file name, MD5 as published by torchvision, year folder on the VOC hosts)
@@ -155,7 +152,7 @@ def plan_splits(staging: Path, roots: list[str]) -> tuple[dict[str, list[dict[st
     return splits, notes
 
 
-def _reusable(raw_dir: Path, source: dict[str, Any]) -> dict[str, Any] | None:
+def reusable(raw_dir: Path, source: dict[str, Any]) -> dict[str, Any] | None:
     path = raw_dir / MANIFEST
     if not path.is_file():
         return None
@@ -171,64 +168,38 @@ def _reusable(raw_dir: Path, source: dict[str, Any]) -> dict[str, Any] | None:
     return manifest
 
 
-def run_download(cfg: Config, raw_dir: str | Path = RAW_DIR, cache_dir: str | Path = CACHE_DIR,
-                 retries: int = 4, backoff: float = 2.0, timeout: float = 60.0,
-                 progress: bool = True) -> dict[str, Any]:
-    """Build `raw_dir` for `cfg.data.dataset` and return its manifest (also written to
-    `raw_dir/manifest.json`). `retries`/`backoff`/`timeout` are per URL (see `fetch`)."""
-    raw_dir, cache_dir = Path(raw_dir), Path(cache_dir)
-    d = cfg.data
-    source = source_of(cfg)
-    existing = _reusable(raw_dir, source)
-    if existing is not None:
-        print(f"download: {raw_dir} already holds {d.dataset} (manifest matches); nothing to do")
-        return existing
-
-    staging = staging_dir(raw_dir)
-    try:
-        notes: list[str] = []
-        if d.dataset == "synth":
-            root = f"VOCdevkit/{SYNTH_FOLDER}"
-            counts = generate_synth(staging / root, d.synth, progress=progress)
-            print(f"download: generated {counts['images']} synth images in {counts['seconds']} s")
-            roots = [root]
-            splits, notes = plan_splits(staging, roots)
-        elif d.dataset == "url":
-            assert d.url is not None  # validated by the config
-            urls = [d.url] + [m.rstrip("/") + "/" + Path(urllib.parse.urlparse(d.url).path).name
-                              for m in d.mirrors]
-            archive = fetch(urls, cache_dir / _url_filename(d.url), d.md5, retries, backoff,
-                            timeout, progress)
+def gather_raw(d: DataConfig, staging: Path, cache_dir: Path, retries: int, backoff: float,
+               timeout: float, progress: bool
+               ) -> tuple[dict[str, list[dict[str, str]]], list[str], list[str]]:
+    """Fill `staging` with `d.dataset`'s VOC roots (generated, or fetched into `cache_dir` and
+    extracted); returns (splits, roots, notes)."""
+    notes: list[str] = []
+    if d.dataset == "synth":
+        root = f"VOCdevkit/{SYNTH_FOLDER}"
+        counts = generate_synth(staging / root, d.synth, progress=progress)
+        print(f"download: generated {counts['images']} synth images in {counts['seconds']} s")
+        roots = [root]
+        splits, notes = plan_splits(staging, roots)
+    elif d.dataset == "url":
+        assert d.url is not None  # validated by the config
+        urls = [d.url] + [m.rstrip("/") + "/" + Path(urllib.parse.urlparse(d.url).path).name
+                          for m in d.mirrors]
+        archive = fetch(urls, cache_dir / _url_filename(d.url), d.md5, retries, backoff,
+                        timeout, progress)
+        safe_extract(archive, staging)
+        roots = find_voc_roots(staging)
+        if not roots:
+            raise DataError(f"{d.url}: no folder with Annotations/ and JPEGImages/ in the archive")
+        splits, notes = plan_splits(staging, roots)
+    else:
+        for key in DATASET_ARCHIVES[d.dataset]:
+            filename, md5, year = VOC_ARCHIVES[key]
+            archive = fetch(mirror_urls(filename, year, d.mirrors), cache_dir / filename, md5,
+                            retries, backoff, timeout, progress)
+            print(f"download: extracting {archive}")
             safe_extract(archive, staging)
-            roots = find_voc_roots(staging)
-            if not roots:
-                raise DataError(f"{d.url}: no folder with Annotations/ and JPEGImages/ in the archive")
-            splits, notes = plan_splits(staging, roots)
-        else:
-            for key in DATASET_ARCHIVES[d.dataset]:
-                filename, md5, year = VOC_ARCHIVES[key]
-                archive = fetch(mirror_urls(filename, year, d.mirrors), cache_dir / filename, md5,
-                                retries, backoff, timeout, progress)
-                print(f"download: extracting {archive}")
-                safe_extract(archive, staging)
-            plan = DATASET_SPLITS[d.dataset]
-            splits = {s: [{"root": r, "ids": _list(r, n)} for r, n in entries]
-                      for s, entries in plan.items()}
-            roots = sorted({e["root"] for entries in splits.values() for e in entries})
-        for entries in splits.values():
-            for e in entries:
-                if not (staging / e["ids"]).is_file():
-                    raise DataError(f"{d.dataset}: split list {e['ids']} missing from the data")
-        manifest = {
-            "dataset": d.dataset, "source": source, "roots": roots, "splits": splits,
-            "class_order": "voc" if d.dataset in DATASET_ARCHIVES else "discover",
-            "notes": notes,
-        }
-        atomic_write_json(staging / MANIFEST, manifest)
-        replace_dir(staging, raw_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for note in notes:
-        print(f"download: {note}")
-    return manifest
+        plan = DATASET_SPLITS[d.dataset]
+        splits = {s: [{"root": r, "ids": _list(r, n)} for r, n in entries]
+                  for s, entries in plan.items()}
+        roots = sorted({e["root"] for entries in splits.values() for e in entries})
+    return splits, roots, notes

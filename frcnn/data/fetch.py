@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from frcnn.data.io import DataError
+from frcnn.errors import DataError
 
 USER_AGENT = "frcnn-downloader/0.1 (+urllib)"
 CHUNK = 1 << 16

@@ -20,30 +20,30 @@ names found in all annotation files.
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from frcnn.config import Config
-from frcnn.data.io import (DataError, atomic_save_figure, atomic_write_json, progress_bar,
-                           replace_dir, staging_dir)
-from frcnn.data.voc import VOC_CLASSES, AnnotationError, VocAnnotation, parse_voc_xml, voc_to_xyxy
+from frcnn.config import DataConfig
+from frcnn.data.voc import (
+    VOC_CLASSES,
+    AnnotationError,
+    VocAnnotation,
+    parse_voc_xml,
+    voc_to_xyxy,
+)
+from frcnn.errors import DataError
+from frcnn.progress import progress_bar
 
-RAW_DIR = Path("data/raw")
-PROCESSED_DIR = Path("data/processed")
-REPORTS_DIR = Path("reports")
 SPLITS = ("trainval", "test")
 
 
 @dataclass
-class _Report:
+class Report:
     """Counts and issues gathered while converting; becomes reports/data_summary.json."""
 
     issues: list[dict[str, str]] = field(default_factory=list)
@@ -93,7 +93,7 @@ def _image_path(root_dir: Path, image_id: str, ann: VocAnnotation) -> Path:
 
 
 def _convert_objects(ann: VocAnnotation, width: int, height: int, classes: dict[str, int],
-                     unknown: str, rel_xml: str, split: str, report: _Report
+                     unknown: str, rel_xml: str, split: str, report: Report
                      ) -> list[tuple[int, tuple[float, float, float, float], bool, bool]]:
     """(category id, 0-based xyxy box, difficult, truncated) per kept object."""
     out = []
@@ -128,15 +128,27 @@ def _discover_classes(anns: list[VocAnnotation]) -> tuple[str, ...]:
     return tuple(sorted({o.name for a in anns for o in a.objects}))
 
 
-def run_preprocess(cfg: Config, raw_dir: str | Path = RAW_DIR,
-                   out_dir: str | Path = PROCESSED_DIR, reports_dir: str | Path = REPORTS_DIR,
-                   progress: bool = True) -> dict[str, Any]:
-    """Convert `raw_dir` to COCO JSON in `out_dir` and write the data report; returns the summary."""
-    raw_dir, out_dir, reports_dir = Path(raw_dir), Path(out_dir), Path(reports_dir)
-    manifest = load_manifest(raw_dir)
-    report = _Report()
+def split_stats(rows: list, coco: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any]:
+    anns = coco["annotations"]
+    with_objects = {a["image_id"] for a in anns}
+    per_class = {n: {"objects": 0, "difficult": 0} for n in class_names}
+    for a in anns:
+        c = per_class[class_names[a["category_id"] - 1]]
+        c["objects"] += 1
+        c["difficult"] += a["difficult"]
+    return {"images_listed": len(rows), "images": len(coco["images"]), "objects": len(anns),
+            "difficult": sum(a["difficult"] for a in anns),
+            "truncated": sum(a["truncated"] for a in anns),
+            "images_without_objects": len(coco["images"]) - len(with_objects),
+            "per_class": per_class}
 
-    # Pass 1: read every listed annotation (the class list may depend on all of them).
+
+# ---------------------------------------------------------------- plots
+
+
+def parse_splits(raw_dir: Path, manifest: dict[str, Any], report: Report
+                 ) -> dict[str, list[tuple[str, str, VocAnnotation | None]]]:
+    """Pass 1: every listed annotation per split as (root, image id, parsed XML or None)."""
     parsed: dict[str, list[tuple[str, str, VocAnnotation | None]]] = {}
     for split in SPLITS:
         rows = []
@@ -157,64 +169,75 @@ def run_preprocess(cfg: Config, raw_dir: str | Path = RAW_DIR,
                                str(exc).removeprefix(f"{xml}: "))
                     rows.append((root, image_id, None))
         parsed[split] = rows
+    return parsed
 
-    if cfg.data.classes is not None:
-        class_names = tuple(cfg.data.classes)
-    elif manifest.get("class_order") == "voc":
-        class_names = VOC_CLASSES
-    else:
-        class_names = _discover_classes([a for rows in parsed.values() for *_, a in rows if a])
+
+def class_names_for(data: DataConfig, manifest: dict[str, Any], raw_dir: Path,
+                    parsed: dict[str, list[tuple[str, str, VocAnnotation | None]]]
+                    ) -> tuple[str, ...]:
+    """data.classes if given, VOC's 20 for VOC, else every class name found, sorted."""
+    if data.classes is not None:
+        return tuple(data.classes)
+    if manifest.get("class_order") == "voc":
+        return VOC_CLASSES
+    class_names = _discover_classes([a for rows in parsed.values() for *_, a in rows if a])
     if not class_names:
         raise DataError(f"{raw_dir}: no objects in any annotation file, so no classes to learn")
+    return class_names
+
+
+def to_coco(split: str, rows: list[tuple[str, str, VocAnnotation | None]], raw_dir: Path,
+            out_dir: Path, class_names: tuple[str, ...], unknown_class: str, dataset: str,
+            report: Report, progress: bool) -> dict[str, Any]:
+    """Pass 2 for one split: check each image, convert its boxes; the COCO dict (file names
+    relative to `out_dir`, where the JSON will live)."""
     classes = {name: i + 1 for i, name in enumerate(class_names)}
+    images, annotations = [], []
+    bar = progress_bar(rows, enabled=progress, desc=f"preprocess {split}", unit="img")
+    for root, image_id, ann in bar:
+        if ann is None:
+            continue  # reported in pass 1
+        rel_xml = (Path(root) / "Annotations" / f"{image_id}.xml").as_posix()
+        jpg = _image_path(raw_dir / root, image_id, ann)
+        try:
+            width, height = image_size(jpg)
+        except FileNotFoundError:
+            report.add("images_skipped", jpg.relative_to(raw_dir), split, "image file missing")
+            continue
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            report.add("images_skipped", jpg.relative_to(raw_dir), split,
+                       f"unreadable or truncated image ({exc})")
+            continue
+        if (ann.width, ann.height) != (width, height) and ann.width is not None:
+            report.add("size_mismatches", rel_xml, split,
+                       f"XML size {ann.width}x{ann.height} differs from the image's "
+                       f"{width}x{height}; using the image's")
+        objects = _convert_objects(ann, width, height, classes, unknown_class,
+                                   rel_xml, split, report)
+        image_index = len(images) + 1
+        images.append({"id": image_index,
+                       "file_name": os.path.relpath(jpg, out_dir).replace(os.sep, "/"),
+                       "width": width, "height": height, "voc_id": image_id, "voc_root": root})
+        for cat, (x1, y1, x2, y2), difficult, truncated in objects:
+            w, h = x2 - x1, y2 - y1
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_index, "category_id": cat,
+                "bbox": [round(x1, 2), round(y1, 2), round(w, 2), round(h, 2)],
+                "area": round(w * h, 2), "iscrowd": int(difficult),  # pycocotools: ignore
+                "difficult": int(difficult), "truncated": int(truncated)})
+    return {
+        "info": {"description": f"{dataset} {split}, converted by frcnn preprocess",
+                 "bbox": "xywh, 0-based continuous pixels; iscrowd=1 marks VOC difficult"},
+        "images": images, "annotations": annotations,
+        "categories": [{"id": i + 1, "name": n, "supercategory": "none"}
+                       for i, n in enumerate(class_names)]}
 
-    # Pass 2: check images, convert boxes, build the COCO dicts.
-    cocos: dict[str, dict[str, Any]] = {}
-    split_stats: dict[str, dict[str, Any]] = {}
-    for split, rows in parsed.items():
-        images, annotations = [], []
-        bar = progress_bar(rows, enabled=progress, desc=f"preprocess {split}", unit="img")
-        for root, image_id, ann in bar:
-            if ann is None:
-                continue  # reported in pass 1
-            rel_xml = (Path(root) / "Annotations" / f"{image_id}.xml").as_posix()
-            jpg = _image_path(raw_dir / root, image_id, ann)
-            try:
-                width, height = image_size(jpg)
-            except FileNotFoundError:
-                report.add("images_skipped", jpg.relative_to(raw_dir), split, "image file missing")
-                continue
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-                report.add("images_skipped", jpg.relative_to(raw_dir), split,
-                           f"unreadable or truncated image ({exc})")
-                continue
-            if (ann.width, ann.height) != (width, height) and ann.width is not None:
-                report.add("size_mismatches", rel_xml, split,
-                           f"XML size {ann.width}x{ann.height} differs from the image's "
-                           f"{width}x{height}; using the image's")
-            objects = _convert_objects(ann, width, height, classes, cfg.data.unknown_class,
-                                       rel_xml, split, report)
-            image_index = len(images) + 1
-            images.append({"id": image_index,
-                           "file_name": os.path.relpath(jpg, out_dir).replace(os.sep, "/"),
-                           "width": width, "height": height, "voc_id": image_id, "voc_root": root})
-            for cat, (x1, y1, x2, y2), difficult, truncated in objects:
-                w, h = x2 - x1, y2 - y1
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_index, "category_id": cat,
-                    "bbox": [round(x1, 2), round(y1, 2), round(w, 2), round(h, 2)],
-                    "area": round(w * h, 2), "iscrowd": int(difficult),  # pycocotools: ignore
-                    "difficult": int(difficult), "truncated": int(truncated)})
-        cocos[split] = {
-            "info": {"description": f"{manifest['dataset']} {split}, converted by frcnn preprocess",
-                     "bbox": "xywh, 0-based continuous pixels; iscrowd=1 marks VOC difficult"},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n, "supercategory": "none"}
-                           for i, n in enumerate(class_names)]}
-        split_stats[split] = _split_stats(rows, cocos[split], class_names)
 
-    summary = {
-        "dataset": manifest["dataset"], "num_classes": len(class_names), "classes": list(class_names),
+def summarise(dataset: str, class_names: tuple[str, ...], split_stats: dict[str, dict[str, Any]],
+              report: Report) -> dict[str, Any]:
+    """reports/data_summary.json's content."""
+    return {
+        "dataset": dataset, "num_classes": len(class_names), "classes": list(class_names),
         "splits": split_stats,
         "images": sum(s["images"] for s in split_stats.values()),
         "objects": sum(s["objects"] for s in split_stats.values()),
@@ -225,107 +248,3 @@ def run_preprocess(cfg: Config, raw_dir: str | Path = RAW_DIR,
                                                 "duplicates")},
         "issues": report.issues,
     }
-
-    staging = staging_dir(out_dir)
-    try:
-        for split, coco in cocos.items():
-            atomic_write_json(staging / f"{split}.json", coco, indent=None)
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    atomic_write_json(reports_dir / "data_summary.json", summary)
-    plot_summary(cocos, class_names, reports_dir / "data_summary.png")
-    plot_preview(out_dir / "trainval.json", reports_dir / "data_preview.png")
-    for split, s in split_stats.items():
-        print(f"preprocess: {split}: {s['images']} of {s['images_listed']} listed images, "
-              f"{s['objects']} objects ({s['difficult']} difficult)")
-    if report.issues:
-        print(f"preprocess: {len(report.issues)} issues, listed in {reports_dir / 'data_summary.json'}")
-    return summary
-
-
-def _split_stats(rows: list, coco: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any]:
-    anns = coco["annotations"]
-    with_objects = {a["image_id"] for a in anns}
-    per_class = {n: {"objects": 0, "difficult": 0} for n in class_names}
-    for a in anns:
-        c = per_class[class_names[a["category_id"] - 1]]
-        c["objects"] += 1
-        c["difficult"] += a["difficult"]
-    return {"images_listed": len(rows), "images": len(coco["images"]), "objects": len(anns),
-            "difficult": sum(a["difficult"] for a in anns),
-            "truncated": sum(a["truncated"] for a in anns),
-            "images_without_objects": len(coco["images"]) - len(with_objects),
-            "per_class": per_class}
-
-
-# ---------------------------------------------------------------- plots
-
-
-def plot_summary(cocos: dict[str, dict[str, Any]], class_names: tuple[str, ...], path: Path) -> None:
-    """Objects per class (per split, difficult hatched) and a histogram of box sizes sqrt(w*h)."""
-    import frcnn.visualize  # noqa: F401  (selects the headless Agg backend)
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
-    x = np.arange(len(class_names))
-    width = 0.8 / max(1, len(cocos))
-    for k, (split, coco) in enumerate(cocos.items()):
-        total = np.zeros(len(class_names))
-        diff = np.zeros(len(class_names))
-        for a in coco["annotations"]:
-            total[a["category_id"] - 1] += 1
-            diff[a["category_id"] - 1] += a["difficult"]
-        bars = ax1.bar(x + k * width, total - diff, width, label=split)
-        ax1.bar(x + k * width, diff, width, bottom=total - diff, hatch="//", alpha=0.5,
-                color=bars.patches[0].get_facecolor() if bars.patches else None,
-                label=f"{split} difficult")
-    ax1.set_xticks(x + width * (len(cocos) - 1) / 2, class_names, rotation=60, ha="right",
-                   fontsize=8)
-    ax1.set_ylabel("objects")
-    ax1.set_title("objects per class")
-    ax1.legend(fontsize=7)
-    sizes = {split: [math.sqrt(max(a["area"], 1.0)) for a in coco["annotations"]]
-             for split, coco in cocos.items()}
-    everything = [v for vs in sizes.values() for v in vs]
-    if everything:
-        bins = np.geomspace(max(1.0, min(everything)), max(everything) + 1, 30)
-        for split, vs in sizes.items():
-            ax2.hist(vs, bins=bins, alpha=0.6, label=split)
-    ax2.set_xscale("log")
-    ticks = [t for t in (4, 8, 16, 32, 64, 128, 256, 512, 1024)
-             if everything and min(everything) / 2 <= t <= max(everything) * 2]
-    ax2.set_xticks(ticks, [str(t) for t in ticks])
-    ax2.minorticks_off()
-    ax2.set_xlabel("box size sqrt(w*h), px")
-    ax2.set_ylabel("objects")
-    ax2.set_title("box sizes")
-    ax2.legend(fontsize=7)
-    atomic_save_figure(fig, path)
-
-
-def plot_preview(json_path: Path, path: Path, n: int = 12, cols: int = 4) -> None:
-    """The first `n` images of a COCO JSON with their GT boxes (difficult dashed)."""
-    import matplotlib.pyplot as plt
-
-    from frcnn.visualize import draw_boxes, show_image
-
-    coco = json.loads(Path(json_path).read_text())
-    names = [c["name"] for c in coco["categories"]]
-    images = coco["images"][:n]
-    rows = max(1, math.ceil(len(images) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for ax, im in zip(axes.flat, images):
-        pixels = np.asarray(Image.open(Path(json_path).parent / im["file_name"]).convert("RGB"))
-        show_image(ax, pixels, title=im.get("voc_id", str(im["id"])))
-        for a in by_image.get(im["id"], []):
-            x, y, w, h = a["bbox"]
-            draw_boxes(ax, [[x, y, x + w, y + h]], [a["category_id"]], names,
-                       linestyle="--" if a["difficult"] else "-")
-    atomic_save_figure(fig, path, dpi=72)

@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from frcnn.config import SynthConfig
-from frcnn.data.io import progress_bar
+from frcnn.progress import progress_bar
 
 CLASSES = ("disc", "ring", "rectangle", "triangle", "star", "cross")
 FOLDER = "SYNTH"  # data/raw/VOCdevkit/SYNTH, like VOCdevkit/VOC2007
@@ -274,22 +274,7 @@ def render_image(rng: np.random.Generator, size: int, cfg: SynthConfig | None = 
         if not mask.any():
             continue
 
-        # Texture only the shape's bounding region: far cheaper than the whole image.
-        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        region = mask[y0:y1, x0:x1]
-        bg_luma = _luma(img[y0:y1, x0:x1][region].mean(axis=0))
-        # Only a non-zero class_colour draws the extra number: at 0 the set is the shape-only one.
-        typical = cfg.class_colour > 0 and rng.random() < cfg.class_colour
-        for _ in range(6):  # keep the object visible against its surroundings: 5 redraws at most
-            c1 = class_colour(rng, CLASSES.index(name)) if typical else _random_colour(rng)
-            if abs(_luma(c1) - bg_luma) > 40:
-                break
-        c2 = c1 * rng.uniform(0.3, 0.8) + _random_colour(rng) * rng.uniform(0.0, 0.4)
-        kind = str(rng.choice(PATTERNS)) if rng.random() < cfg.patterned_fill else "solid"
-        tex = _texture(rng, y1 - y0, x1 - x0, c1, c2, kind=kind)
-        img[y0:y1, x0:x1][region] = tex[region]
-        owner[y0:y1, x0:x1][region] = k
+        _paint(rng, img, owner, mask, k, name, cfg)
 
     top = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     _draw_distractors(rng, top, int(rng.integers(0, 3)) if cfg.distractors else 0, thin=True)
@@ -298,6 +283,34 @@ def render_image(rng: np.random.Generator, size: int, cfg: SynthConfig | None = 
     if rng.random() < 0.3:
         out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0)))
 
+    return np.asarray(out), _annotate(placed, owner)
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, owner: np.ndarray, mask: np.ndarray, k: int,
+           name: str, cfg: SynthConfig) -> None:
+    """Fill object `k`'s pixels (`mask`) of `img` with its colours and texture; mark them its own
+    in `owner` (objects painted later cover earlier ones)."""
+    # Texture only the shape's bounding region: far cheaper than the whole image.
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    region = mask[y0:y1, x0:x1]
+    bg_luma = _luma(img[y0:y1, x0:x1][region].mean(axis=0))
+    # Only a non-zero class_colour draws the extra number: at 0 the set is the shape-only one.
+    typical = cfg.class_colour > 0 and rng.random() < cfg.class_colour
+    for _ in range(6):  # keep the object visible against its surroundings: 5 redraws at most
+        c1 = class_colour(rng, CLASSES.index(name)) if typical else _random_colour(rng)
+        if abs(_luma(c1) - bg_luma) > 40:
+            break
+    c2 = c1 * rng.uniform(0.3, 0.8) + _random_colour(rng) * rng.uniform(0.0, 0.4)
+    kind = str(rng.choice(PATTERNS)) if rng.random() < cfg.patterned_fill else "solid"
+    tex = _texture(rng, y1 - y0, x1 - x0, c1, c2, kind=kind)
+    img[y0:y1, x0:x1][region] = tex[region]
+    owner[y0:y1, x0:x1][region] = k
+
+
+def _annotate(placed: list[tuple[str, float, bool]], owner: np.ndarray) -> list[SynthObject]:
+    """The annotations of the placed objects from the pixels each still owns: its box, visible
+    fraction, difficult and truncated flags; mostly hidden objects are left out."""
     objects = []
     for k, (name, full_area, crosses) in enumerate(placed):
         vis = owner == k
@@ -312,7 +325,7 @@ def render_image(rng: np.random.Generator, size: int, cfg: SynthConfig | None = 
             name=name, bndbox=(x0 + 1, y0 + 1, x1 + 1, y1 + 1),  # VOC: 1-based inclusive
             difficult=visible < DIFFICULT_VISIBLE or tiny, truncated=crosses,
             visible=round(visible, 3)))
-    return np.asarray(out), objects
+    return objects
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:

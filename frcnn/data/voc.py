@@ -18,7 +18,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from frcnn.data.io import DataError
+from frcnn.errors import DataError
 
 # VOC's class order: category ids 1..20 and model labels follow it.
 VOC_CLASSES = (

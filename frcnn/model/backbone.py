@@ -20,6 +20,8 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from frcnn.errors import UserError
+
 
 @dataclass
 class Backbone:
@@ -38,7 +40,7 @@ _SPECS = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """ImageNet weights were asked for (model.pretrained) and could not be had."""
 
 
@@ -56,9 +58,7 @@ def _load_resnet(arch: str, weights_enum: str, pretrained: bool, frozen_bn: bool
 
 def build_backbone(name: str, pretrained: bool, frozen_bn: bool, freeze_stem: bool) -> Backbone:
     """Build the named backbone (see the table above)."""
-    if name not in _SPECS:
-        raise ValueError(f"model.backbone: unknown backbone {name!r} (known: {', '.join(_SPECS)})")
-    arch, weights_enum, last, channels, stride = _SPECS[name]
+    arch, weights_enum, last, channels, stride = _spec(name)
     net = _load_resnet(arch, weights_enum, pretrained, frozen_bn)
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     body = nn.Sequential(*[getattr(net, n) for n in names[: names.index(last) + 1]])
@@ -71,8 +71,17 @@ def build_backbone(name: str, pretrained: bool, frozen_bn: bool, freeze_stem: bo
     return Backbone(body, channels, stride, res5_head=None)
 
 
-def backbone_stride(name: str) -> int:
-    """Pixels per feature cell of the named backbone, without building it."""
+def _spec(name: str) -> tuple[str, str, str, int, int]:
     if name not in _SPECS:
         raise ValueError(f"model.backbone: unknown backbone {name!r} (known: {', '.join(_SPECS)})")
-    return _SPECS[name][4]
+    return _SPECS[name]
+
+
+def backbone_stride(name: str) -> int:
+    """Pixels per feature cell of the named backbone, without building it."""
+    return _spec(name)[4]
+
+
+def backbone_channels(name: str) -> int:
+    """Channels C of the named backbone's feature map, without building it."""
+    return _spec(name)[3]

@@ -4,24 +4,27 @@ Shapes: N images, P_i proposals of image i, R RoIs in the batch, K foreground cl
 background 0), S = `output_size`, C feature channels, D head width.
 
 Training: GT boxes are appended to the proposals (so every GT has at least one perfect RoI early
-on), each RoI is matched to a GT (foreground IoU >= 0.5, background in [lo, 0.5)), 128 per image are
-sampled with at most 25% foreground, and `losses.fast_rcnn_loss` is returned.
+on), each RoI is matched to a GT (foreground IoU >= 0.5, background in [lo, 0.5)), `roi.batch_size_per_image`
+per image are sampled with at most 25% foreground, and `losses.fast_rcnn_loss` is returned.
 Inference: softmax scores, per-class decoded boxes, clipped, score-thresholded, per-class NMS,
 the top `detections_per_img` kept.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 
-from frcnn.boxes import BoxCoder, clip_boxes
-from frcnn.losses import fast_rcnn_loss
-from frcnn.model.roi_align import roi_align_grid
-from frcnn.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match, sample_balanced
+from frcnn.ops.boxes import BoxCoder, clip_boxes
+from frcnn.ops.losses import fast_rcnn_loss
+from frcnn.ops.matching import (
+    BELOW_LOW_THRESHOLD,
+    BETWEEN_THRESHOLDS,
+    match,
+    sample_balanced,
+)
+from frcnn.ops.roi_align import roi_align_grid
 
 
 class MLPHead(nn.Module):
@@ -75,43 +78,45 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
-@dataclass(frozen=True)
-class ROISettings:
-    op: str = "align_grid"
-    output_size: int = 7
-    sampling_ratio: int = 2
-    batch_size_per_image: int = 128
-    positive_fraction: float = 0.25
-    fg_iou_thresh: float = 0.5
-    bg_iou_thresh_lo: float = 0.0
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_img: int = 100
-    lambda_: float = 1.0
-    smooth_l1_beta: float = 1.0 / 9.0
-
-
 class RoIHeads(nn.Module):
-    def __init__(self, box_head: nn.Module, predictor: BoxPredictor, stride: int,
-                 settings: ROISettings) -> None:
+    """Pool each RoI (`op`: "align_grid", "align" or "pool"; `output_size`, `sampling_ratio`)
+    at 1/`stride`, run `box_head` and `predictor`.
+
+    Training: GT appended to the proposals, RoIs with IoU >= `fg_iou_thresh` foreground, in
+    [`bg_iou_thresh_lo`, fg) background, below ignored; `batch_size_per_image` sampled with at most
+    `positive_fraction` foreground; loss `losses.fast_rcnn_loss` with `loss_lambda`,
+    `smooth_l1_beta`. Inference: scores above `score_thresh`, per-class NMS at `nms_thresh`, the
+    top `detections_per_img` per image.
+    """
+
+    def __init__(self, box_head: nn.Module, predictor: BoxPredictor, stride: int, *, op: str,
+                 output_size: int, sampling_ratio: int, batch_size_per_image: int,
+                 positive_fraction: float, fg_iou_thresh: float, bg_iou_thresh_lo: float,
+                 score_thresh: float, nms_thresh: float, detections_per_img: int,
+                 loss_lambda: float, smooth_l1_beta: float) -> None:
         super().__init__()
         self.box_head = box_head
         self.predictor = predictor
         self.spatial_scale = 1.0 / stride
-        self.s = settings
+        self.op, self.output_size, self.sampling_ratio = op, output_size, sampling_ratio
+        self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
+        self.fg_iou_thresh, self.bg_iou_thresh_lo = fg_iou_thresh, bg_iou_thresh_lo
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.detections_per_img = detections_per_img
+        self.loss_lambda, self.smooth_l1_beta = loss_lambda, smooth_l1_beta
         # second-stage deltas are ~10x smaller than the RPN's; the weights bring them to unit scale
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
 
     def pool(self, features: Tensor, rois: list[Tensor]) -> Tensor:
         """features (N, C, H, W), rois [(R_i, 4)] -> (R, C, S, S)."""
-        size = (self.s.output_size, self.s.output_size)
-        if self.s.op == "pool":
+        size = (self.output_size, self.output_size)
+        if self.op == "pool":
             return roi_pool(features, rois, size, self.spatial_scale)
-        if self.s.op == "align_grid":  # torchvision's numbers, a ~4x cheaper CPU backward
-            return roi_align_grid(features, rois, self.s.output_size, self.spatial_scale,
-                                  self.s.sampling_ratio)
+        if self.op == "align_grid":  # torchvision's numbers, a ~4x cheaper CPU backward
+            return roi_align_grid(features, rois, self.output_size, self.spatial_scale,
+                                  self.sampling_ratio)
         # aligned=True: a box's continuous corners are sampled exactly, no half-pixel shift
-        return roi_align(features, rois, size, self.spatial_scale, self.s.sampling_ratio, aligned=True)
+        return roi_align(features, rois, size, self.spatial_scale, self.sampling_ratio, aligned=True)
 
     def sample(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor
                ) -> tuple[Tensor, Tensor, Tensor]:
@@ -122,12 +127,12 @@ class RoIHeads(nn.Module):
             matched = labels
             gt_boxes = proposals.new_zeros((1, 4))  # encode() needs some box; bg targets are unused
         else:
-            matched = match(box_iou(gt_boxes, proposals), self.s.fg_iou_thresh,
-                            self.s.bg_iou_thresh_lo, allow_low_quality=False)
+            matched = match(box_iou(gt_boxes, proposals), self.fg_iou_thresh,
+                            self.bg_iou_thresh_lo, allow_low_quality=False)
             labels = gt_labels[matched.clamp(min=0)].clone()
             labels[matched == BETWEEN_THRESHOLDS] = 0    # IoU in [lo, fg): background
             labels[matched == BELOW_LOW_THRESHOLD] = -1  # IoU < lo: ignored (lo = 0.1 in the paper)
-        pos, neg = sample_balanced(labels, self.s.batch_size_per_image, self.s.positive_fraction)
+        pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
         keep = torch.cat((pos, neg))
         rois, labels = proposals[keep], labels[keep]
         targets = self.box_coder.encode(gt_boxes[matched[keep].clamp(min=0)], rois)
@@ -144,8 +149,8 @@ class RoIHeads(nn.Module):
             x = self.box_head(self.pool(features, rois))
             class_logits, box_deltas = self.predictor(x)
             cls, reg = fast_rcnn_loss(class_logits, box_deltas, torch.cat([s[1] for s in sampled]),
-                                      torch.cat([s[2] for s in sampled]), self.s.lambda_,
-                                      self.s.smooth_l1_beta)
+                                      torch.cat([s[2] for s in sampled]), self.loss_lambda,
+                                      self.smooth_l1_beta)
             return [], {"loss_classifier": cls, "loss_box_reg": reg}
         x = self.box_head(self.pool(features, proposals))
         class_logits, box_deltas = self.predictor(x)
@@ -176,13 +181,13 @@ class RoIHeads(nn.Module):
         boxes = boxes[:, 1:].reshape(-1, 4)
         scores, labels, image = (t[:, 1:].reshape(-1) for t in (scores, labels, image))
         wh = boxes[:, 2:] - boxes[:, :2]
-        keep = torch.where((scores > self.s.score_thresh) & (wh >= 1e-2).all(dim=1))[0]
+        keep = torch.where((scores > self.score_thresh) & (wh >= 1e-2).all(dim=1))[0]
         boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
         # groups (image, class): boxes of different images or classes never suppress each other
-        keep = batched_nms(boxes, scores, image * num_classes + labels, self.s.nms_thresh)
+        keep = batched_nms(boxes, scores, image * num_classes + labels, self.nms_thresh)
         boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
         results = []
         for i in range(n):  # sorted by score: the first detections_per_img of each image
-            sel = torch.where(image == i)[0][: self.s.detections_per_img]
+            sel = torch.where(image == i)[0][: self.detections_per_img]
             results.append({"boxes": boxes[sel], "labels": labels[sel], "scores": scores[sel]})
         return results

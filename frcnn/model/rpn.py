@@ -4,8 +4,8 @@ Shapes: N images, C feature channels, (H, W) feature map, A anchors per cell, M 
 anchors per image, S sampled anchors in a batch, P proposals per image.
 
 Training: anchors are matched to GT boxes (positive IoU >= 0.7 or a GT's best anchor, negative
-< 0.3, anchors crossing the image border ignored as in the paper), 256 per image are sampled
-(at most half positive), and the losses of `losses.rpn_loss` are returned.
+< 0.3, anchors crossing the image border ignored as in the paper), `rpn.batch_size_per_image`
+per image are sampled (at most half positive), and the losses of `losses.rpn_loss` are returned.
 Both modes: deltas are applied to the anchors, boxes clipped, tiny ones dropped, the top
 `pre_nms_top_n` per image kept, NMS at `nms_thresh`, the top `post_nms_top_n` returned.
 Proposals are detached: NMS and top-k are not differentiable, and the paper's approximate joint
@@ -14,16 +14,14 @@ training treats proposals as constants for the second stage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
-from frcnn.anchors import AnchorGenerator
-from frcnn.boxes import BoxCoder, clip_boxes, remove_small_boxes
-from frcnn.losses import rpn_loss
-from frcnn.matching import BELOW_LOW_THRESHOLD, match, sample_balanced
+from frcnn.ops.anchors import AnchorGenerator
+from frcnn.ops.boxes import BoxCoder, clip_boxes, remove_small_boxes
+from frcnn.ops.losses import rpn_loss
+from frcnn.ops.matching import BELOW_LOW_THRESHOLD, match, sample_balanced
 
 
 class RPNHead(nn.Module):
@@ -43,27 +41,34 @@ class RPNHead(nn.Module):
         return self.objectness(x), self.deltas(x)
 
 
-@dataclass(frozen=True)
-class RPNSettings:
-    pos_iou_thresh: float = 0.7
-    neg_iou_thresh: float = 0.3
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
-    border_tolerance: float = 0.0   # < 0: keep anchors crossing the border
-    nms_thresh: float = 0.7
-    pre_nms_top_n: tuple[int, int] = (12000, 6000)    # (train, test)
-    post_nms_top_n: tuple[int, int] = (2000, 300)     # (train, test)
-    min_box_size: float = 1.0
-    lambda_: float = 5.0
-    smooth_l1_beta: float = 1.0 / 9.0
-
-
 class RegionProposalNetwork(nn.Module):
-    def __init__(self, head: RPNHead, anchor_generator: AnchorGenerator, settings: RPNSettings) -> None:
+    """Objectness and deltas for every anchor (`head`), proposals, and in training the RPN loss.
+
+    Anchor labels: IoU >= `pos_iou_thresh` (or a GT's best anchor) positive, < `neg_iou_thresh`
+    negative; anchors crossing the image border by more than `border_tolerance` px are ignored
+    (< 0: none are). `batch_size_per_image` anchors are sampled, at most `positive_fraction`
+    positive. Proposals: the top `pre_nms_top_n_*` by objectness are decoded, clipped, those
+    under `min_box_size` px dropped, NMS at `nms_thresh`, the top `post_nms_top_n_*` kept
+    (`_train` in training mode, `_test` in eval mode). Loss: `losses.rpn_loss` with
+    `loss_lambda` and `smooth_l1_beta`.
+    """
+
+    def __init__(self, head: RPNHead, anchor_generator: AnchorGenerator, *,
+                 pos_iou_thresh: float, neg_iou_thresh: float, batch_size_per_image: int,
+                 positive_fraction: float, border_tolerance: float, nms_thresh: float,
+                 pre_nms_top_n_train: int, post_nms_top_n_train: int, pre_nms_top_n_test: int,
+                 post_nms_top_n_test: int, min_box_size: float, loss_lambda: float,
+                 smooth_l1_beta: float) -> None:
         super().__init__()
         self.head = head
         self.anchor_generator = anchor_generator
-        self.s = settings
+        self.pos_iou_thresh, self.neg_iou_thresh = pos_iou_thresh, neg_iou_thresh
+        self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
+        self.border_tolerance = border_tolerance
+        self.nms_thresh, self.min_box_size = nms_thresh, min_box_size
+        self.pre_nms_top_n = {"train": pre_nms_top_n_train, "test": pre_nms_top_n_test}
+        self.post_nms_top_n = {"train": post_nms_top_n_train, "test": post_nms_top_n_test}
+        self.loss_lambda, self.smooth_l1_beta = loss_lambda, smooth_l1_beta
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
 
     def forward(self, features: Tensor, image_sizes: list[tuple[int, int]],
@@ -89,9 +94,9 @@ class RegionProposalNetwork(nn.Module):
                 image_sizes: list[tuple[int, int]]) -> list[Tensor]:
         """objectness (N, M), deltas (N, M, 4), anchors (M, 4) -> [(P_i, 4)], all images at once."""
         n, m = objectness.shape
-        phase = 0 if self.training else 1
-        pre_n = min(self.s.pre_nms_top_n[phase], m)
-        post_n = self.s.post_nms_top_n[phase]
+        phase = "train" if self.training else "test"
+        pre_n = min(self.pre_nms_top_n[phase], m)
+        post_n = self.post_nms_top_n[phase]
         # top-k before decoding: decoding and NMS on all M anchors would waste most of the time
         scores, idx = objectness.topk(pre_n, dim=1)                          # (N, k)
         boxes = self.box_coder.decode(deltas.gather(1, idx[..., None].expand(-1, -1, 4)).reshape(-1, 4),
@@ -100,10 +105,10 @@ class RegionProposalNetwork(nn.Module):
         boxes = clip_boxes(boxes, sizes[:, 0:1], sizes[:, 1:2])
         image_idx = torch.arange(n, device=boxes.device)[:, None].expand(n, pre_n)
         boxes, scores, image_idx = boxes.reshape(-1, 4), scores.reshape(-1), image_idx.reshape(-1)
-        keep = remove_small_boxes(boxes, self.s.min_box_size)
+        keep = remove_small_boxes(boxes, self.min_box_size)
         boxes, scores, image_idx = boxes[keep], scores[keep], image_idx[keep]
         # one NMS call for the whole batch: boxes of different images never suppress each other
-        keep = batched_nms(boxes, scores, image_idx, self.s.nms_thresh)  # sorted by score
+        keep = batched_nms(boxes, scores, image_idx, self.nms_thresh)  # sorted by score
         boxes, image_idx = boxes[keep], image_idx[keep]
         return [boxes[image_idx == i][:post_n] for i in range(n)]
 
@@ -111,8 +116,8 @@ class RegionProposalNetwork(nn.Module):
                        ) -> tuple[Tensor, Tensor]:
         """anchors (M, 4), gt (G, 4) -> labels (M,) in {1, 0, -1 ignored}, matched GT index (M,)."""
         iou = box_iou(gt_boxes, anchors)  # (G, M)
-        if self.s.border_tolerance >= 0:
-            t = self.s.border_tolerance
+        if self.border_tolerance >= 0:
+            t = self.border_tolerance
             h, w = image_size
             inside = ((anchors[:, 0] >= -t) & (anchors[:, 1] >= -t)
                       & (anchors[:, 2] <= w + t) & (anchors[:, 3] <= h + t))
@@ -120,7 +125,7 @@ class RegionProposalNetwork(nn.Module):
             iou[:, ~inside] = -1.0
         else:
             inside = torch.ones(anchors.shape[0], dtype=torch.bool, device=anchors.device)
-        matched = match(iou, self.s.pos_iou_thresh, self.s.neg_iou_thresh, allow_low_quality=True)
+        matched = match(iou, self.pos_iou_thresh, self.neg_iou_thresh, allow_low_quality=True)
         labels = torch.full_like(matched, -1)
         labels[matched >= 0] = 1
         labels[matched == BELOW_LOW_THRESHOLD] = 0
@@ -134,7 +139,7 @@ class RegionProposalNetwork(nn.Module):
         for i, target in enumerate(targets):
             gt = target["boxes"]
             labels, matched = self.assign_targets(anchors, image_sizes[i], gt)
-            pos, neg = sample_balanced(labels, self.s.batch_size_per_image, self.s.positive_fraction)
+            pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
             sampled = torch.cat((pos, neg))
             obj.append(objectness[i, sampled])
             pred.append(deltas[i, sampled])
@@ -146,5 +151,5 @@ class RegionProposalNetwork(nn.Module):
                 t[: pos.numel()] = self.box_coder.encode(gt[matched[pos]], anchors[pos])
             tgt.append(t)
         cls, reg = rpn_loss(torch.cat(obj), torch.cat(pred), torch.cat(lab), torch.cat(tgt),
-                            self.s.lambda_, self.s.smooth_l1_beta)
+                            self.loss_lambda, self.smooth_l1_beta)
         return {"loss_rpn_objectness": cls, "loss_rpn_box": reg}

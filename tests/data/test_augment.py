@@ -9,9 +9,10 @@ import pytest
 from data_helpers import make_voc_root, write_manifest
 
 from frcnn.config import AugmentConfig, config_from_dict
-from frcnn.data.augment import augment_sample, build_pipeline, run_augment
-from frcnn.data.io import DataError
-from frcnn.data.preprocess import run_preprocess
+from frcnn.data.augment import augment_sample, build_pipeline
+from frcnn.errors import DataError
+from frcnn.pipeline import augment as augment_stage
+from frcnn.pipeline import preprocess
 
 
 def names(pipeline: A.Compose) -> list[str]:
@@ -67,14 +68,13 @@ def processed(tmp_path: Path) -> Path:
         "c": (40, 40, []),
     }, {"trainval": ["a", "b", "c"], "test": ["a"]})
     write_manifest(raw, ["V"])
-    run_preprocess(config_from_dict({}), raw, tmp_path / "processed", tmp_path / "reports",
-                   progress=False)
+    preprocess.run(config_from_dict({}), raw_dir=raw, out_dir=tmp_path / "processed", summary_json=tmp_path / "reports" / 'data_summary.json', summary_png=tmp_path / "reports" / 'data_summary.png', preview_png=tmp_path / "reports" / 'data_preview.png', progress=False)
     return tmp_path / "processed"
 
 
 def augment(tmp_path: Path, processed: Path, out: str, **params):
     cfg = config_from_dict({}, {f"augment.{k}": v for k, v in params.items()})
-    summary = run_augment(cfg, processed, tmp_path / out, tmp_path / "reports", progress=False)
+    summary = augment_stage.run(cfg, processed_dir=processed, out_dir=tmp_path / out, preview_png=tmp_path / "reports" / 'augment_preview.png', progress=False)
     return summary, json.loads((tmp_path / out / "trainval.json").read_text())
 
 
@@ -126,5 +126,5 @@ def test_zero_copies_keeps_the_originals(tmp_path, processed):
 
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="trainval.json: not found; run the preprocess stage"):
-        run_augment(config_from_dict({}), tmp_path / "nope", tmp_path / "aug", tmp_path / "r")
+        augment_stage.run(config_from_dict({}), processed_dir=tmp_path / "nope", out_dir=tmp_path / "aug", preview_png=tmp_path / "r" / 'augment_preview.png')
     assert not (tmp_path / "aug").exists()

@@ -9,11 +9,11 @@ import yaml
 from torch.utils.data import DataLoader
 
 from frcnn.config import config_from_dict
-from frcnn.data.augment import run_augment
 from frcnn.data.dataset import DetectionDataset, collate_fn
-from frcnn.data.download import run_download
-from frcnn.data.preprocess import run_preprocess
 from frcnn.data.synth import CLASSES
+from frcnn.pipeline import augment
+from frcnn.pipeline import download
+from frcnn.pipeline import preprocess
 
 TINY = {"data.synth.num_trainval": 12, "data.synth.num_test": 4, "data.synth.image_size": 96,
         "augment.copies": 1, "augment.scale_jitter": 0.1}
@@ -23,12 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 def test_stages_end_to_end(tmp_path):
     cfg = config_from_dict({}, TINY)
     raw, processed, augmented = tmp_path / "raw", tmp_path / "processed", tmp_path / "augmented"
-    manifest = run_download(cfg, raw, tmp_path / "cache", progress=False)
+    manifest = download.run(cfg, raw_dir=raw, cache_dir=tmp_path / "cache", progress=False)
     assert manifest["roots"] == ["VOCdevkit/SYNTH"]
-    summary = run_preprocess(cfg, raw, processed, tmp_path / "reports", progress=False)
+    summary = preprocess.run(cfg, raw_dir=raw, out_dir=processed, summary_json=tmp_path / "reports" / 'data_summary.json', summary_png=tmp_path / "reports" / 'data_summary.png', preview_png=tmp_path / "reports" / 'data_preview.png', progress=False)
     assert summary["classes"] == sorted(CLASSES) and summary["issues"] == []
     assert summary["splits"]["trainval"]["images"] == 12 and summary["splits"]["test"]["images"] == 4
-    run_augment(cfg, processed, augmented, tmp_path / "reports", progress=False)
+    augment.run(cfg, processed_dir=processed, out_dir=augmented, preview_png=tmp_path / "reports" / 'augment_preview.png', progress=False)
 
     train = DetectionDataset(augmented / "trainval.json", train=True, hflip=True)
     test = DetectionDataset(processed / "test.json", train=False, include_difficult=True)

@@ -9,9 +9,13 @@ import torch
 from data_helpers import write_jpeg
 from torch.utils.data import DataLoader
 
-from frcnn.data.dataset import (DetectionDataset, GroupedBatchSampler, aspect_ratio_groups,
-                                collate_fn)
-from frcnn.data.io import DataError
+from frcnn.data.dataset import (
+    DetectionDataset,
+    GroupedBatchSampler,
+    aspect_ratio_groups,
+    collate_fn,
+)
+from frcnn.errors import DataError
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ from data_helpers import make_voc_root
 from frcnn.config import config_from_dict
 from frcnn.data import download as download_mod
 from frcnn.data.archive import UnsafeArchiveError, find_voc_roots, safe_extract
-from frcnn.data.download import mirror_urls, run_download
+from frcnn.data.download import mirror_urls
 from frcnn.data.fetch import DownloadError, fetch
+from frcnn.pipeline import download
 
 FAST = {"retries": 2, "backoff": 0.001, "timeout": 5.0, "progress": False}
 PAYLOAD = bytes(range(256)) * 2000  # 512 kB: several read chunks
@@ -190,7 +191,7 @@ def test_download_url_end_to_end_then_reuse(tmp_path, file_server):
     url = file_server.serve("/datasets/mine.tar.gz", data)
     raw, cache = tmp_path / "raw", tmp_path / "cache"
     cfg = url_config(url, md5(data))
-    manifest = run_download(cfg, raw, cache, **FAST)
+    manifest = download.run(cfg, raw_dir=raw, cache_dir=cache, **FAST)
     assert manifest["roots"] == ["MyData/VOCdevkit/MINE"]
     assert manifest["splits"]["test"] == [{"root": "MyData/VOCdevkit/MINE",
                                            "ids": "MyData/VOCdevkit/MINE/ImageSets/Main/test.txt"}]
@@ -199,12 +200,12 @@ def test_download_url_end_to_end_then_reuse(tmp_path, file_server):
     assert (raw / "MyData/VOCdevkit/MINE/JPEGImages/im0.jpg").is_file()
     assert leftovers(tmp_path) == [] and leftovers(cache) == []
 
-    run_download(cfg, raw, cache, **FAST)  # present and verified: no request at all
+    download.run(cfg, raw_dir=raw, cache_dir=cache, **FAST)  # present and verified: no request at all
     assert file_server.routes["/datasets/mine.tar.gz"].hits == 1
     for p in raw.rglob("*.jpg"):
         p.unlink()
     (raw / "MyData/VOCdevkit/MINE/JPEGImages").rmdir()
-    run_download(cfg, raw, cache, **FAST)  # data gone but the archive is cached: re-extracted
+    download.run(cfg, raw_dir=raw, cache_dir=cache, **FAST)  # data gone but the archive is cached: re-extracted
     assert file_server.routes["/datasets/mine.tar.gz"].hits == 1
     assert (raw / "MyData/VOCdevkit/MINE/JPEGImages/im0.jpg").is_file()
 
@@ -213,8 +214,7 @@ def test_download_url_uses_mirrors_after_the_url_fails(tmp_path, file_server):
     data = voc_tree_bytes(tmp_path, "VOC", {"trainval": ["im0"], "test": ["im1"]})
     url = file_server.serve("/primary/d.tar.gz", mode="500")
     file_server.serve("/mirror/d.tar.gz", data)
-    manifest = run_download(url_config(url, md5(data), (file_server.url("/mirror/"),)),
-                            tmp_path / "raw", tmp_path / "cache", **FAST)
+    manifest = download.run(url_config(url, md5(data), (file_server.url("/mirror/"),)), raw_dir=tmp_path / "raw", cache_dir=tmp_path / "cache", **FAST)
     assert manifest["roots"] == ["VOC"]
 
 
@@ -222,7 +222,7 @@ def test_download_url_md5_mismatch_leaves_nothing(tmp_path, file_server):
     data = voc_tree_bytes(tmp_path, "VOC", {"trainval": ["im0"], "test": ["im1"]})
     url = file_server.serve("/d.tar.gz", data)
     with pytest.raises(DownloadError, match="MD5 mismatch"):
-        run_download(url_config(url, "f" * 32), tmp_path / "raw", tmp_path / "cache", **FAST)
+        download.run(url_config(url, "f" * 32), raw_dir=tmp_path / "raw", cache_dir=tmp_path / "cache", **FAST)
     assert not (tmp_path / "raw").exists()
     assert list((tmp_path / "cache").iterdir()) == []
     assert leftovers(tmp_path) == []
@@ -233,7 +233,7 @@ def test_download_traversal_attempt_is_refused(tmp_path, file_server):
                       "../../escaped.txt": b"gotcha"})
     url = file_server.serve("/evil.tar.gz", data)
     with pytest.raises(UnsafeArchiveError, match="escapes the target folder; archive refused"):
-        run_download(url_config(url), tmp_path / "raw", tmp_path / "cache", **FAST)
+        download.run(url_config(url), raw_dir=tmp_path / "raw", cache_dir=tmp_path / "cache", **FAST)
     assert not (tmp_path / "raw").exists() and leftovers(tmp_path) == []
     assert not list(tmp_path.parent.glob("escaped.txt"))
 
@@ -242,7 +242,7 @@ def test_download_zip_with_train_val_only(tmp_path, file_server):
     data = voc_tree_bytes(tmp_path, "ds", {"train": ["im0", "im1", "im2"], "val": ["im3", "im4"]},
                           fmt="zip")
     url = file_server.serve("/ds.zip", data)
-    manifest = run_download(url_config(url), tmp_path / "raw", tmp_path / "cache", **FAST)
+    manifest = download.run(url_config(url), raw_dir=tmp_path / "raw", cache_dir=tmp_path / "cache", **FAST)
     assert [e["ids"] for e in manifest["splits"]["trainval"]] == ["ds/ImageSets/Main/train.txt"]
     assert [e["ids"] for e in manifest["splits"]["test"]] == ["ds/ImageSets/Main/val.txt"]
     assert "val.txt is the test split" in manifest["notes"][0]
@@ -252,7 +252,7 @@ def test_download_without_split_lists_holds_out_one_in_five(tmp_path, file_serve
     data = voc_tree_bytes(tmp_path, "ds", {})
     url = file_server.serve("/ds.tar.gz", data)
     raw = tmp_path / "raw"
-    manifest = run_download(url_config(url), raw, tmp_path / "cache", **FAST)
+    manifest = download.run(url_config(url), raw_dir=raw, cache_dir=tmp_path / "cache", **FAST)
     tv = (raw / manifest["splits"]["trainval"][0]["ids"]).read_text().split()
     te = (raw / manifest["splits"]["test"][0]["ids"]).read_text().split()
     assert sorted(tv + te) == [f"im{i}" for i in range(5)] and not set(tv) & set(te)
@@ -283,7 +283,7 @@ def test_voc0712_from_a_mirror(tmp_path, file_server, monkeypatch):
     monkeypatch.setattr(download_mod, "VOC_MIRRORS", ())
     cfg = config_from_dict({}, {"data.dataset": "voc0712",
                                 "data.mirrors": [file_server.url("/voc/{year}/")]})
-    manifest = run_download(cfg, tmp_path / "raw", tmp_path / "cache", **FAST)
+    manifest = download.run(cfg, raw_dir=tmp_path / "raw", cache_dir=tmp_path / "cache", **FAST)
     assert manifest["class_order"] == "voc"
     assert manifest["roots"] == ["VOCdevkit/VOC2007", "VOCdevkit/VOC2012"]
     assert [e["root"] for e in manifest["splits"]["trainval"]] == ["VOCdevkit/VOC2007",

@@ -7,17 +7,16 @@ import pytest
 from data_helpers import make_voc_root, voc_xml, write_manifest
 
 from frcnn.config import config_from_dict
-from frcnn.data.io import DataError
-from frcnn.data.preprocess import run_preprocess
 from frcnn.data.voc import VOC_CLASSES
+from frcnn.errors import DataError
+from frcnn.pipeline import preprocess
 
 ROOT = "VOCdevkit/MINE"
 
 
 def run(tmp_path: Path, overrides: dict | None = None):
     cfg = config_from_dict({}, overrides or {})
-    return run_preprocess(cfg, tmp_path / "raw", tmp_path / "processed", tmp_path / "reports",
-                          progress=False)
+    return preprocess.run(cfg, raw_dir=tmp_path / "raw", out_dir=tmp_path / "processed", summary_json=tmp_path / "reports" / 'data_summary.json', summary_png=tmp_path / "reports" / 'data_summary.png', preview_png=tmp_path / "reports" / 'data_preview.png', progress=False)
 
 
 def clean_tree(tmp_path: Path) -> Path:

@@ -7,8 +7,15 @@ import numpy as np
 from PIL import Image
 
 from frcnn.config import SynthConfig
-from frcnn.data.synth import (CLASSES, DIFFICULT_SIZE, DIFFICULT_VISIBLE, class_colour,
-                              generate_synth, image_rng, render_image)
+from frcnn.data.synth import (
+    CLASSES,
+    DIFFICULT_SIZE,
+    DIFFICULT_VISIBLE,
+    class_colour,
+    generate_synth,
+    image_rng,
+    render_image,
+)
 from frcnn.data.voc import parse_voc_xml
 
 SMALL = SynthConfig(num_trainval=6, num_test=3, image_size=96, seed=7)

@@ -1,0 +1,113 @@
+"""Using a trained checkpoint: load it as a detector, run it on image files.
+
+`frcnn predict PATH... --checkpoint models/model.pt` writes, per image, `<stem>.json`
+({"image", "width", "height", "detections": [{label, class, score, box xyxy}]}) and `<stem>.png`
+with the boxes drawn (`<stem>-2.*`, `-3` ... for a later image whose stem was already written).
+Unreadable files are reported and skipped; the rest are still processed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from frcnn.config import Config, ConfigError, config_from_dict
+from frcnn.engine.checkpoint import load_checkpoint
+from frcnn.errors import CheckpointError
+from frcnn.model.build import build_model
+from frcnn.model.faster_rcnn import FasterRCNN
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+# keys that change what a trained model outputs, not what it learned: free to set at evaluation
+INFERENCE_RPN_KEYS = ("pre_nms_top_n_test", "post_nms_top_n_test", "nms_thresh", "min_box_size")
+INFERENCE_ROI_KEYS = ("score_thresh", "nms_thresh", "detections_per_img")
+
+
+def load_detector(checkpoint: Path, device: torch.device | str = "cpu",
+                  inference: Config | None = None) -> tuple[FasterRCNN, list[str]]:
+    """A checkpoint -> (model in eval mode, class names). The config travels in the checkpoint."""
+    state = load_checkpoint(checkpoint)
+    needed = ("model", "config", "num_classes", "class_names")
+    missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
+    if missing:
+        raise CheckpointError(f"{checkpoint}: not a frcnn checkpoint (no {', '.join(missing)})")
+    try:
+        cfg = config_from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint}: its config is not valid here ({exc})") from None
+    # the architecture is the checkpoint's; only inference-time knobs may come from the caller,
+    # and the weights are the checkpoint's too: never download ImageNet weights just to overwrite
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False)
+    rpn, roi = cfg.rpn, cfg.roi
+    if inference is not None:
+        rpn = dataclasses.replace(rpn, **{k: getattr(inference.rpn, k) for k in INFERENCE_RPN_KEYS})
+        roi = dataclasses.replace(roi, **{k: getattr(inference.roi, k) for k in INFERENCE_ROI_KEYS})
+    cfg = dataclasses.replace(cfg, model=model_cfg, rpn=rpn, roi=roi)
+    model = build_model(cfg, num_classes=state["num_classes"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint}: weights do not fit its own config "
+                              f"({str(exc).splitlines()[0]})") from None
+    return model.eval().to(device), list(state["class_names"])
+
+
+def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files as given, folders expanded (sorted) to the image files they hold."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image file -> (3, H, W) float in [0, 1]; raises ValueError naming the file."""
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable image ({exc})") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def detections_to_json(path: Path, image: torch.Tensor, det: dict[str, torch.Tensor],
+                       class_names: list[str]) -> dict[str, Any]:
+    return {"image": str(path), "height": int(image.shape[1]), "width": int(image.shape[2]),
+            "detections": [{"label": int(lab), "class": class_names[int(lab) - 1],
+                            "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+                           for b, lab, s in zip(det["boxes"], det["labels"], det["scores"])]}
+
+
+__all__ = ["load_detector", "predict_files", "read_image", "iter_image_files"]
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+            progress: bool = True) -> Iterator[tuple[Tensor, dict[str, Any], dict[str, Tensor]]]:
+    """Yield (image, target, detections on CPU) per image; boxes (D, 4) xyxy in its pixels."""
+    model.eval().to(device)
+    for images, targets in tqdm(loader, desc="predict", disable=not progress, dynamic_ncols=True):
+        detections = model([img.to(device) for img in images])
+        for image, target, det in zip(images, targets, detections):
+            yield image, target, {k: v.cpu() for k, v in det.items()}
+
+
+def to_coco_results(image_id: int, det: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """One image's detections -> COCO results [{image_id, category_id, bbox xywh, score}]."""
+    boxes = det["boxes"].tolist()
+    return [{"image_id": int(image_id), "category_id": int(label),
+             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+             "score": round(float(score), 5)}
+            for (x1, y1, x2, y2), label, score in zip(boxes, det["labels"].tolist(),
+                                                      det["scores"].tolist())]

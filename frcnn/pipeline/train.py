@@ -1,0 +1,104 @@
+"""The `train` stage: data/augmented/trainval.json (+ models/backbone.pt) -> models/model.pt,
+reports/train/{loss.csv, summary.json}, and an MLflow run with the params and losses.
+
+Under `torchrun` every rank runs this; rank 0 alone tracks and writes files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+
+from frcnn.config import Config
+from frcnn.data.dataset import DetectionDataset, collate_fn
+from frcnn.engine.checkpoint import check_compatible, load_checkpoint
+from frcnn.engine.device import seed_everything
+from frcnn.engine.distributed import init_distributed
+from frcnn.engine.pretrain import load_pretrained_backbone
+from frcnn.engine.trainer import TrainResult, train
+from frcnn.fileio import atomic_write_csv, atomic_write_json
+from frcnn.model.build import build_model
+from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
+from frcnn.pipeline.tracking import Tracker, start_stage_run
+
+
+def resumed_run_id(cfg: Config, checkpoint: Path, resume: bool) -> str | None:
+    """The MLflow run a resumed training continues; refuses an incompatible checkpoint first, so
+    a refused resume never reopens (and marks FAILED) the finished run nor logs clashing params."""
+    if not (resume and checkpoint.exists()):
+        return None
+    state = load_checkpoint(checkpoint)
+    check_compatible(checkpoint, state, cfg.to_dict())
+    return state.get("mlflow_run_id") or None
+
+
+def summarise(result: TrainResult, world_size: int) -> dict[str, Any]:
+    """reports/train/summary.json's content."""
+    last = result.history[-1] if result.history else {}
+    return {"steps": result.step, "train_seconds": round(result.seconds, 1),
+            "images_per_s": round(result.images_per_s, 2),
+            "final_loss": round(last.get("loss", float("nan")), 4), "world_size": world_size}
+
+
+def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, reports: Path,
+        resume: bool = False, project: Path = Path(".")) -> dict[str, Any]:
+    """Train on `train_json`; returns the summary written to `reports/summary.json`."""
+    dist_info = init_distributed(cfg.train.device)
+    try:
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        dataset = DetectionDataset(train_json, train=True)
+        model = build_model(cfg, num_classes=cfg.model.num_classes or dataset.num_classes)
+        pretrained = load_pretrained_backbone(model, Path(backbone), cfg)
+        if dist_info.rank:
+            seed_everything(cfg.seed + dist_info.rank)  # each rank samples anchors/RoIs its own way
+        checkpoint = Path(checkpoint)
+        run_id = resumed_run_id(cfg, checkpoint, resume)
+        tracker = Tracker.disabled()
+        if dist_info.is_main:
+            tracker = start_stage_run(project, cfg.to_dict(), cfg.flat(), cfg.data.dataset, "train",
+                                      run_id=run_id)
+        with tracker:
+            result = train(model, dataset, collate_fn, cfg, checkpoint, resume=resume,
+                           extra_state={"num_classes": dataset.num_classes,
+                                        "class_names": list(dataset.class_names),
+                                        "mlflow_run_id": tracker.run_id or ""},
+                           on_log=lambda step, row: tracker.log_metrics(
+                               {k: v for k, v in row.items() if k != "step"}, step=step),
+                           dist_info=dist_info)
+            if not dist_info.is_main:
+                return {}
+            summary = summarise(result, dist_info.world_size)
+            atomic_write_csv(reports / "loss.csv", result.history)
+            atomic_write_json(reports / "summary.json", summary, sort_keys=True)
+            tracker.log_metrics({f"train.{k}": v for k, v in summary.items()})
+            if pretrained:
+                tracker.log_metrics({f"pretrain.{k}": v for k, v in pretrained.items()
+                                     if isinstance(v, (int, float))})
+            tracker.log_artifact(reports / "loss.csv")
+            tracker.log_dict(cfg.to_dict(), "params.json")
+            tracker.set_tags({"checkpoint": str(checkpoint.resolve())})
+        return summary
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+            resume: Annotated[bool, typer.Option(help="continue from the checkpoint")] = False,
+            data: Annotated[Path, typer.Option(help="training split (COCO JSON)")] = Path("data/augmented/trainval.json"),
+            backbone: Annotated[Path, typer.Option(help="pretrain's output (used when pretrain.steps > 0)")] = Path("models/backbone.pt"),
+            checkpoint: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("models/model.pt"),
+            reports: Annotated[Path, typer.Option(help="folder for loss.csv, summary.json")] = Path("reports/train"),
+            ) -> None:
+    """Train the detector (models/model.pt, reports/train/). Runs under torchrun too."""
+    cfg = load(params, set_)
+    with user_errors(ValueError):
+        run(cfg, train_json=data, backbone=backbone, checkpoint=checkpoint, reports=reports,
+            resume=resume)
+
+
+if __name__ == "__main__":
+    stage_main(command)

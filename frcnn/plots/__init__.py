@@ -1,0 +1,1 @@
+"""Figures (matplotlib, headless Agg): boxes on images, the data report, evaluation plots."""

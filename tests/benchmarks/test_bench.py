@@ -1,0 +1,121 @@
+"""The benchmarks package: an equal torchvision peer, ratios, alternation, the report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.bench import machine_info, write_report
+from benchmarks.bench_evaluation import synthetic_eval_set
+from benchmarks.peer import SIZES, bench_config, build_pair, make_inputs
+from benchmarks.timing import alternate, format_record, make_infer, make_train_step, ratio_record
+from frcnn.model.faster_rcnn import count_parameters
+
+SMALL = "resnet18_c4 256"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return build_pair(SMALL)
+
+
+def test_peer_has_same_parameter_count_and_weights(pair):
+    ours, tv, cfg = pair
+    assert count_parameters(ours) == count_parameters(tv)
+    assert cfg.rpn.hidden_channels == 256 and cfg.rpn.border_tolerance < 0
+    for a, b in zip(ours.state_dict().values(), tv.state_dict().values()):
+        assert a.shape == b.shape and torch.equal(a, b)
+    gen = tv.rpn.anchor_generator
+    assert gen.sizes == ((24.0, 48.0, 96.0, 192.0),) and gen.aspect_ratios == ((0.5, 1.0, 2.0),)
+    r = cfg.rpn
+    assert tv.rpn._pre_nms_top_n == {"training": r.pre_nms_top_n_train, "testing": r.pre_nms_top_n_test}
+    assert tv.rpn._post_nms_top_n == {"training": r.post_nms_top_n_train,
+                                      "testing": r.post_nms_top_n_test}
+    assert tv.roi_heads.fg_bg_sampler.batch_size_per_image == cfg.roi.batch_size_per_image
+    assert tv.transform.min_size == (256,) and tv.transform.max_size == 320
+    assert tv.transform.size_divisible == 16
+
+
+def test_resnet50_config_matches_channels():
+    cfg = bench_config("resnet50 600")
+    assert cfg.model.backbone == "resnet50" and cfg.rpn.hidden_channels == 2048
+    assert (cfg.model.min_size, cfg.model.max_size) == (600, 1000)
+    assert SIZES["resnet50 600"]["image"] == (375, 500)
+
+
+def test_both_models_train_and_infer_on_the_same_inputs(pair):
+    ours, tv, _ = pair
+    images, targets = make_inputs(SMALL, 1)
+    for model in (ours, tv):
+        make_train_step(model, images, targets)()
+        make_infer(model, images)()
+        model.eval()
+        with torch.inference_mode():
+            det = model(images)[0]
+        assert det["boxes"].shape[1] == 4
+
+
+def test_ratio_and_alternation():
+    rec = ratio_record("train_step", SMALL, [1.0, 3.0, 2.0], [4.0, 4.0, 1.0])
+    assert rec["ours"] == 2.0 and rec["torchvision"] == 4.0 and rec["ratio"] == 0.5
+    assert rec["ratio_paired"] == 0.75  # median of 1/4, 3/4, 2/1
+    assert format_record(rec) == ("train_step resnet18_c4 256: ours 2.000 s, torchvision 4.000 s, "
+                                  "ratio 0.50 (paired 0.75)")
+    thr = ratio_record("throughput_b8", SMALL, [2.0], [4.0], unit="images/s", per=8)
+    assert thr["ours"] == 4.0 and thr["torchvision"] == 2.0 and thr["ratio"] == 0.5
+    order = []
+    times = alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                      warmup=1, repeats=2)
+    assert order == ["a", "b"] * 3 and len(times["a"]) == len(times["b"]) == 2
+
+
+def test_report_has_stamps(tmp_path: Path):
+    meta = {**machine_info(), "quick": True, "seconds": 1.0}
+    recs = [ratio_record("train_step", SMALL, [1.0], [2.0], device="cpu"),
+            {"figure": "eval_time", "size": "5000 images", "unit": "s", "skipped": "not yet"}]
+    sizes = [{"size": SMALL, "params_ours": 10, "params_torchvision": 10, "trainable_ours": 10,
+              "trainable_torchvision": 10}]
+    md, js = write_report(recs, meta, sizes, tmp_path)
+    text = md.read_text()
+    assert f"torch.get_num_threads() = {torch.get_num_threads()}" in text
+    assert torch.__version__ in text and "| train_step | resnet18_c4 256 | cpu |" in text
+    assert "skipped: not yet" in text
+    assert ("CPU only" in text) != torch.cuda.is_available()
+    data = json.loads(js.read_text())
+    assert data["meta"]["threads"] == torch.get_num_threads()
+    assert data["meta"]["versions"]["torchvision"] and data["records"][0]["ratio"] == 0.5
+
+
+def test_synthetic_result_set_is_voc_sized():
+    gt, results = synthetic_eval_set(200)
+    assert 400 < len(gt["annotations"]) < 800 and len(results) > len(gt["annotations"])
+    ids = {im["id"] for im in gt["images"]}
+    assert all(r["image_id"] in ids for r in results)
+
+
+def test_train_peer_trains_torchvisions_model_on_the_project_data(tmp_path: Path):
+    """benchmarks/train_peer.py end to end on a tiny project: trains, scores, writes its JSON."""
+    import subprocess
+    import sys
+
+    from tiny_project import REPO, build_project
+
+    root = build_project(tmp_path / "project")
+    (root / "reports" / "metrics.json").write_text(json.dumps({"map": 0.1, "ap50": 0.2, "ap75": 0.05,
+                                                              "voc07_ap50": 0.2}))
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_peer.py"), "--steps", "2"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peer = json.loads((root / "reports" / "peer_accuracy.json").read_text())
+    assert peer["steps"] == 2 and 0.0 <= peer["ap50"] <= 1.0 and 0.0 <= peer["map"] <= peer["ap50"]
+    assert "torchvision" in done.stdout and "ours 0.200" in done.stdout
+    # without the pipeline's data it says what to run instead of a traceback
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "params.yaml").write_text((root / "params.yaml").read_text())
+    missing = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_peer.py")], cwd=empty,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "run `dvc repro` first" in missing.stderr

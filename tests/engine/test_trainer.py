@@ -1,0 +1,185 @@
+"""Training loop: schedule, batching, flip, resume determinism, NaN stop, config mismatch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from frcnn.config import TrainConfig, config_from_dict
+from frcnn.engine.checkpoint import load_checkpoint
+from frcnn.engine.device import autocast_dtype, seed_everything
+from frcnn.engine.distributed import DistInfo, EpochBatches
+from frcnn.engine.inference import to_coco_results
+from frcnn.engine.schedule import lr_at
+from frcnn.data.flip import hflip
+from frcnn.engine.trainer import NonFiniteLossError, train
+from frcnn.errors import CheckpointError
+from frcnn.model.build import build_model
+
+
+class TinyShapes(torch.utils.data.Dataset):
+    """n 96x96 images, each with one bright square whose label is 1 or 2."""
+
+    def __init__(self, n: int = 8) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.items = []
+        for i in range(n):
+            img = torch.rand(3, 96, 96, generator=g) * 0.2
+            x, y = (torch.randint(0, 50, (2,), generator=g)).tolist()
+            img[:, y: y + 40, x: x + 40] = 0.9
+            self.items.append((img, {"boxes": torch.tensor([[x, y, x + 40, y + 40]], dtype=torch.float32),
+                                     "labels": torch.tensor([1 + i % 2]), "image_id": i}))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def collate(batch):
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def tiny_config(**train):
+    return config_from_dict({
+        "model": {"min_size": 96, "max_size": 96},
+        "anchors": {"scales": [32, 64]},
+        "rpn": {"hidden_channels": 32, "pre_nms_top_n_train": 200, "post_nms_top_n_train": 50,
+                "pre_nms_top_n_test": 100, "post_nms_top_n_test": 20, "batch_size_per_image": 32},
+        "roi": {"hidden_dim": 32, "batch_size_per_image": 16},
+        "train": {"batch_size": 2, "epochs": 1, "max_steps": 0, "lr": 0.01, "warmup_steps": 2,
+                  "num_workers": 0,
+                  "checkpoint_every": 3, "log_every": 1, "device": "cpu", **train},
+    })
+
+
+def test_lr_warms_up_then_decays_to_zero_with_cosine():
+    cfg = TrainConfig(lr=0.1, warmup_steps=10, schedule="cosine")
+    assert lr_at(0, 100, cfg) == pytest.approx(1e-4)
+    assert lr_at(5, 100, cfg) == pytest.approx(0.1 * (0.001 * 0.5 + 0.5))
+    assert lr_at(10, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, 100, cfg) == pytest.approx(0.05)
+    assert lr_at(100, 100, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_schedule_drops_at_milestones():
+    cfg = TrainConfig(lr=1.0, warmup_steps=0, schedule="step", step_milestones=(0.5, 0.75),
+                      step_gamma=0.1)
+    assert [lr_at(s, 100, cfg) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_epoch_batches_shard_one_global_order_and_resume_mid_epoch():
+    single = list(EpochBatches(10, 4, seed=3, epoch=1, dist_info=DistInfo()))
+    assert len(single) == 2 and all(len(b) == 4 for b in single)  # last partial batch dropped
+    r0 = list(EpochBatches(10, 2, 3, 1, DistInfo(rank=0, world_size=2)))
+    r1 = list(EpochBatches(10, 2, 3, 1, DistInfo(rank=1, world_size=2)))
+    assert [a + b for a, b in zip(r0, r1)] == single  # two ranks = one global batch of 4
+    assert list(EpochBatches(10, 4, 3, 1, DistInfo(), start_batch=1)) == single[1:]
+    assert list(EpochBatches(10, 4, 3, 2, DistInfo())) != single  # a new order each epoch
+
+
+def test_hflip_mirrors_boxes_and_pixels():
+    img = torch.zeros(3, 4, 10)
+    img[:, :, 0] = 1.0
+    out, t = hflip(img, {"boxes": torch.tensor([[1.0, 0.0, 3.0, 2.0]]), "labels": torch.tensor([1])})
+    assert out[:, :, -1].eq(1).all() and out[:, :, 0].eq(0).all()
+    assert t["boxes"].tolist() == [[7.0, 0.0, 9.0, 2.0]]
+
+
+def test_to_coco_results_converts_xyxy_to_xywh():
+    det = {"boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0]]), "labels": torch.tensor([3]),
+           "scores": torch.tensor([0.9])}
+    assert to_coco_results(7, det) == [{"image_id": 7, "category_id": 3,
+                                        "bbox": [10.0, 20.0, 20.0, 40.0], "score": 0.9}]
+
+
+def _run(cfg, ckpt: Path, resume=False):
+    seed_everything(cfg.seed)
+    model = build_model(cfg, num_classes=2)
+    result = train(model, TinyShapes(), collate, cfg, ckpt, resume=resume, progress=False)
+    return model, result
+
+
+CPU_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_amp_means_float16_on_cuda_and_native_bfloat16_on_cpu():
+    assert autocast_dtype(torch.device("cuda"), amp=True) == torch.float16
+    assert autocast_dtype(torch.device("cuda"), amp=False) is None
+    assert autocast_dtype(torch.device("cpu"), amp=False) is None
+    assert autocast_dtype(torch.device("cpu"), amp=True) == (torch.bfloat16 if CPU_BF16 else None)
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_train_amp_runs_the_trunk_in_bfloat16_on_a_cpu_that_has_it(tmp_path, amp):
+    dtypes = []
+    seed_everything(0)
+    cfg = tiny_config(max_steps=2, amp=amp)
+    model = build_model(cfg, num_classes=2)
+    model.backbone.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    result = train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    # the weights (what the optimizer updates and the checkpoint keeps) stay float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert dtypes and set(dtypes) == {torch.bfloat16 if amp and CPU_BF16 else torch.float32}
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    full, res_full = _run(tiny_config(max_steps=6), tmp_path / "a.pt")
+    _run(tiny_config(max_steps=3), tmp_path / "b.pt")
+    resumed, res_resumed = _run(tiny_config(max_steps=6), tmp_path / "b.pt", resume=True)
+    assert res_full.step == res_resumed.step == 6
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    # the history survives the interruption: 6 logged rows, the same losses
+    assert [r["loss"] for r in res_resumed.history] == pytest.approx(
+        [r["loss"] for r in res_full.history])
+
+
+def test_same_params_give_the_same_losses(tmp_path):
+    _, a = _run(tiny_config(max_steps=3), tmp_path / "a.pt")
+    _, b = _run(tiny_config(max_steps=3), tmp_path / "b.pt")
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    assert all(math.isfinite(r["loss"]) for r in a.history)
+
+
+def test_resume_refuses_a_checkpoint_from_another_config(tmp_path):
+    _run(tiny_config(max_steps=3), tmp_path / "a.pt")
+    cfg = config_from_dict({**tiny_config(max_steps=6).to_dict(), "loss": {"lambda": 10.0}})
+    with pytest.raises(CheckpointError, match=r"loss\.lambda \(5\.0 in checkpoint, 10\.0 now\)"):
+        _run(cfg, tmp_path / "a.pt", resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(max_steps=6)
+    seed_everything(0)
+    model = build_model(cfg, num_classes=2)
+    calls = {"n": 0}
+    original = model.roi_heads.forward
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out, losses = original(*args, **kwargs)
+        if calls["n"] == 5:  # the 5th step: after the checkpoint at step 3
+            losses["loss_box_reg"] = losses["loss_box_reg"] * float("nan")
+        return out, losses
+
+    monkeypatch.setattr(model.roi_heads, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 4: non-finite loss in loss_box_reg"):
+        train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False)
+    state = load_checkpoint(tmp_path / "m.pt")
+    assert state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_checkpoint_names_a_corrupt_file(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"model\.pt: not a readable checkpoint"):
+        load_checkpoint(bad)
