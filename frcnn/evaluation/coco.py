@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from frcnn.evaluation.voc import _check_image_ids
+from frcnn.evaluation.voc import check_image_ids
 
 
 def coco_metrics(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def coco_metrics(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> di
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    _check_image_ids(gt, detections)
+    check_image_ids(gt, detections)
     names = [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
     cat_ids = sorted(c["id"] for c in gt["categories"])
     with contextlib.redirect_stdout(io.StringIO()):

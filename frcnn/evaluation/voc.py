@@ -64,7 +64,7 @@ VOC07_RECALL_POINTS = np.arange(0.0, 1.1, 0.1)
 # ------------------------------------------------------------------ pycocotools
 
 
-def _check_image_ids(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> None:
+def check_image_ids(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> None:
     known = {img["id"] for img in gt["images"]}
     unknown = {d["image_id"] for d in detections} - known
     if unknown:
@@ -123,7 +123,7 @@ def voc_metrics(gt: dict[str, Any], detections: Sequence[dict[str, Any]],
     num_difficult, num_detections, tp: {name: int}, pr_curves: {name: {"recall": (D,),
     "precision": (D,)}} in rank order without the ignored detections, iou_thresh}.
     """
-    _check_image_ids(gt, detections)
+    check_image_ids(gt, detections)
     categories = sorted(gt["categories"], key=lambda c: c["id"])
     names = [c["name"] for c in categories]
     cat_index = {c["id"]: k for k, c in enumerate(categories)}

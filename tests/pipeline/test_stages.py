@@ -61,7 +61,7 @@ def data_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(data_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project (its own git repo and sqlite MLflow store) after a 2-step `run_train`."""
+    """A project (its own git repo and sqlite MLflow store) after a 2-step train stage."""
     proj = copy_project(data_project, tmp_path_factory.mktemp("trained") / "proj")
     _git_init(proj)
     with pytest.MonkeyPatch.context() as mp:
