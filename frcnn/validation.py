@@ -6,12 +6,12 @@ Each names the key and the problem (`rpn.neg_iou_thresh: must be >= 0 and < rpn.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from frcnn.errors import ConfigError
 
-if TYPE_CHECKING:
-    from frcnn.config import Config
+# A frcnn.config.Config; not imported, since config.py imports this module to validate what it parses.
+Config = Any
 
 
 
