@@ -10,7 +10,8 @@ file name, and in its counts):
 - xmax < xmin, ymax < ymin, or nothing left after clipping -> dropped (`boxes_dropped`);
 - class not in the class list -> `data.unknown_class: error` stops with the file and class named,
   `drop` drops the object (`objects_dropped_unknown_class`);
-- malformed/unsafe XML, missing or unreadable/truncated JPEG -> the image is skipped
+- malformed/unsafe XML (a box coordinate, `<size>` or flag that is not a finite number, such as
+  `nan`, `inf` or `1e999`, included), missing or unreadable/truncated JPEG -> the image is skipped
   (`images_skipped`; `images_listed` vs `images` per split shows the change);
 - XML `<size>` different from the JPEG's -> the JPEG's size is used (`size_mismatches`).
 The class list: `data.classes` if set, else VOC's 20 classes for voc2007/voc0712, else the sorted

@@ -170,3 +170,31 @@ def test_image_named_by_xml_filename(tmp_path):
     write_manifest(raw, [ROOT])
     run(tmp_path)
     assert load(tmp_path, "trainval")["images"][0]["file_name"].endswith("JPEGImages/photo 1.jpg")
+
+
+def strict_json(path: Path):
+    """The file parsed as strict JSON: NaN, Infinity and -Infinity are refused."""
+    def refuse(name: str):
+        raise ValueError(f"{path}: {name} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_non_finite_numbers_skip_the_image_and_the_json_stays_strict(tmp_path, value):
+    raw = clean_tree(tmp_path)
+    ann = raw / ROOT / "Annotations"
+    box = ann / "a.xml"
+    box.write_text(box.read_text().replace("<xmin>5</xmin>", f"<xmin>{value}</xmin>", 1))
+    size = ann / "b.xml"
+    size.write_text(size.read_text().replace("<width>30</width>", f"<width>{value}</width>"))
+    summary = run(tmp_path)
+    assert summary["images_skipped"] == 2 and summary["boxes_dropped"] == 0
+    problems = {Path(i["file"]).name: i["problem"] for i in summary["issues"]}
+    assert problems == {
+        "a.xml": f"object 1 (cat) <xmin> is not a finite number: {value!r}",
+        "b.xml": f"<size><width> is not a finite number: {value!r}"}
+    for split in ("trainval", "test"):
+        strict_json(tmp_path / "processed" / f"{split}.json")
+    coco = strict_json(tmp_path / "processed" / "trainval.json")
+    assert [im["voc_id"] for im in coco["images"]] == ["c"]
+    assert strict_json(tmp_path / "reports" / "data_summary.json")["images_skipped"] == 2
