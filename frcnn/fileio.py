@@ -2,7 +2,8 @@
 
 An interrupted stage leaves either the old file or the new one, never a truncated one for DVC to
 cache; folders are built in a staging folder and swapped in (`staging_dir`, `replace_dir`).
-JSON is strict: NaN (e.g. the AP of a size bucket without objects) is written as null.
+JSON is strict: NaN (e.g. the AP of a size bucket without objects) and +-inf are written as null,
+and the encoder refuses anything else that strict JSON cannot hold.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def json_safe(obj: Any) -> Any:
-    """`obj` with every NaN float replaced by None: strict JSON has no NaN."""
-    if isinstance(obj, float) and math.isnan(obj):
+    """`obj` with every NaN or +-inf float replaced by None: strict JSON has neither."""
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: json_safe(v) for k, v in obj.items()}
@@ -53,8 +54,8 @@ def json_safe(obj: Any) -> Any:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2,
                       sort_keys: bool = False) -> None:
-    """`obj` as JSON (NaN as null) at `path`, atomically."""
-    text = json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys) + "\n"
+    """`obj` as strict JSON (NaN and +-inf as null) at `path`, atomically."""
+    text = json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
     atomic_write_text(path, text)
 
 

@@ -8,10 +8,12 @@ Python's `filter="data"` as a second line of defence.
 
 from __future__ import annotations
 
+import lzma
 import posixpath
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from frcnn.errors import DataError
@@ -77,6 +79,50 @@ def safe_extract(archive: str | Path, into: str | Path) -> None:
             raise DataError(f"{archive}: not a .tar, .tar.gz or .zip archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{archive}: corrupt archive ({exc})") from None
+
+
+# what a file name says it is -> tarfile mode (or "zip"); longest suffixes first
+_KINDS = ((".tar.gz", "r:gz"), (".tgz", "r:gz"), (".tar.bz2", "r:bz2"), (".tbz2", "r:bz2"),
+          (".tar.xz", "r:xz"), (".txz", "r:xz"), (".tar", "r:"), (".zip", "zip"))
+_BROKEN = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _tar_members(tar: tarfile.TarFile, label: str) -> int:
+    """The number of members, after checking the end-of-archive block follows the last one:
+    tarfile stops silently where a cut-off archive runs out, POSIX tar writers always end so."""
+    members = tar.getmembers()
+    assert tar.fileobj is not None
+    tar.fileobj.seek(tar.offset)
+    end = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(end) != tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
+        raise DataError(f"{label}: cut short (no end-of-archive block after its "
+                        f"{len(members)} members)")
+    return len(members)
+
+
+def check_archive(path: str | Path, name: str | None = None) -> int:
+    """Check that `path` opens as the archive type its name (or `name`, e.g. the final name of a
+    `.part` download) says, .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz/.zip, and that every member can be
+    listed; a name with none of these suffixes may be any of them. Returns the member count;
+    raises DataError `<name>: <what is wrong>` (an HTML page, a cut-off body ...)."""
+    path = Path(path)
+    label = name or path.name
+    suffix, kind = next(((s, k) for s, k in _KINDS if label.lower().endswith(s)), ("", None))
+    try:
+        if kind is None:  # detected by content, as safe_extract does
+            if zipfile.is_zipfile(path):
+                kind = "zip"
+            elif not tarfile.is_tarfile(path):
+                raise DataError(f"{label}: not a .tar, .tar.gz or .zip archive")
+        if kind == "zip":
+            with zipfile.ZipFile(path) as zf:
+                return len(zf.infolist())
+        with tarfile.open(path, kind or "r:*") as tar:
+            return _tar_members(tar, label)
+    except _BROKEN as exc:
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise DataError(f"{label}: not a valid {suffix + ' ' if suffix else ''}archive "
+                        f"({reason})") from None
 
 
 def find_voc_roots(folder: str | Path) -> list[str]:

@@ -9,7 +9,9 @@
   JPEGImages/.
 
 Archives are kept in `data/cache/` (outside DVC's outs, so `dvc repro` does not download them
-again); `data/raw` is built in a staging folder and renamed into place. If `data/raw/manifest.json`
+again) only once they open as the archive type their name says (`archive.check_archive`); a
+cached one without an MD5 is checked again and revalidated with its server before reuse
+(`fetch`). `data/raw` is built in a staging folder and renamed into place. If `data/raw/manifest.json`
 already describes the same source, nothing is done.
 
 Splits (manifest "splits": per split a list of {root, ids file}): VOC uses ImageSets/Main
@@ -32,7 +34,7 @@ from typing import Any
 
 from frcnn.config import Config, DataConfig
 from frcnn.data import synth as synth_module
-from frcnn.data.archive import find_voc_roots, safe_extract
+from frcnn.data.archive import check_archive, find_voc_roots, safe_extract
 from frcnn.data.fetch import fetch
 from frcnn.data.synth import FOLDER as SYNTH_FOLDER
 from frcnn.data.synth import generate_synth
@@ -185,7 +187,7 @@ def gather_raw(d: DataConfig, staging: Path, cache_dir: Path, retries: int, back
         urls = [d.url] + [m.rstrip("/") + "/" + Path(urllib.parse.urlparse(d.url).path).name
                           for m in d.mirrors]
         archive = fetch(urls, cache_dir / _url_filename(d.url), d.md5, retries, backoff,
-                        timeout, progress)
+                        timeout, progress, validate=check_archive)
         safe_extract(archive, staging)
         roots = find_voc_roots(staging)
         if not roots:
@@ -195,7 +197,7 @@ def gather_raw(d: DataConfig, staging: Path, cache_dir: Path, retries: int, back
         for key in DATASET_ARCHIVES[d.dataset]:
             filename, md5, year = VOC_ARCHIVES[key]
             archive = fetch(mirror_urls(filename, year, d.mirrors), cache_dir / filename, md5,
-                            retries, backoff, timeout, progress)
+                            retries, backoff, timeout, progress, validate=check_archive)
             print(f"download: extracting {archive}")
             safe_extract(archive, staging)
         plan = DATASET_SPLITS[d.dataset]

@@ -10,8 +10,12 @@ file name, and in its counts):
 - xmax < xmin, ymax < ymin, or nothing left after clipping -> dropped (`boxes_dropped`);
 - class not in the class list -> `data.unknown_class: error` stops with the file and class named,
   `drop` drops the object (`objects_dropped_unknown_class`);
-- malformed/unsafe XML, missing or unreadable/truncated JPEG -> the image is skipped
+- malformed/unsafe XML (a box coordinate, `<size>` or flag that is not a finite number, such as
+  `nan`, `inf` or `1e999`, included), missing or unreadable/truncated JPEG -> the image is skipped
   (`images_skipped`; `images_listed` vs `images` per split shows the change);
+- an image (or annotation) path that resolves outside the VOC root's JPEGImages/ (Annotations/)
+  folder, however spelled (an absolute `<filename>`, `..`, a symlink pointing out) -> the image is
+  skipped (`images_skipped`), the resolved path named: nothing outside the dataset is read;
 - XML `<size>` different from the JPEG's -> the JPEG's size is used (`size_mismatches`).
 The class list: `data.classes` if set, else VOC's 20 classes for voc2007/voc0712, else the sorted
 names found in all annotation files.
@@ -83,13 +87,47 @@ def image_size(path: Path) -> tuple[int, int]:
     return w, h
 
 
-def _image_path(root_dir: Path, image_id: str, ann: VocAnnotation) -> Path:
+def _image_path(root_dir: Path, image_id: str, ann: VocAnnotation) -> tuple[Path, str]:
+    """The image file of an annotation, and how it was spelled (`<id>.jpg` or `<filename>`)."""
     path = root_dir / "JPEGImages" / f"{image_id}.jpg"
     if not path.exists() and ann.filename:  # labelImg: file name need not match the XML's
         alt = root_dir / "JPEGImages" / ann.filename
         if alt.exists():
-            return alt
-    return path
+            return alt, ann.filename
+    return path, f"{image_id}.jpg"
+
+
+def _outside(path: Path, folder: Path) -> Path | None:
+    """Where `path` really is (symlinks and `..` resolved; an absolute `path` stays absolute) if
+    that is not inside `folder` (resolved too), else None."""
+    real = path.resolve()
+    return None if real.is_relative_to(folder.resolve()) else real
+
+
+def _shown(path: Path, raw_dir: Path) -> str:
+    return os.path.relpath(path, raw_dir)
+
+
+def _checked_image(raw_dir: Path, root: str, image_id: str, ann: VocAnnotation, rel_xml: str,
+                   split: str, report: Report) -> tuple[Path, int, int] | None:
+    """(image file, width, height) of an annotation, or None (reported) when its image lies
+    outside `<root>/JPEGImages`, is missing or cannot be decoded."""
+    jpg, spelling = _image_path(raw_dir / root, image_id, ann)
+    real = _outside(jpg, raw_dir / root / "JPEGImages")
+    if real is not None:
+        report.add("images_skipped", rel_xml, split, f"image {spelling!r} resolves to {real}, "
+                   f"outside {root}/JPEGImages; skipped")
+        return None
+    try:
+        width, height = image_size(jpg)
+    except FileNotFoundError:
+        report.add("images_skipped", _shown(jpg, raw_dir), split, "image file missing")
+        return None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        report.add("images_skipped", _shown(jpg, raw_dir), split,
+                   f"unreadable or truncated image ({exc})")
+        return None
+    return jpg, width, height
 
 
 def _convert_objects(ann: VocAnnotation, width: int, height: int, classes: dict[str, int],
@@ -162,6 +200,12 @@ def parse_splits(raw_dir: Path, manifest: dict[str, Any], report: Report
                     continue
                 seen.add((root, image_id))
                 xml = raw_dir / root / "Annotations" / f"{image_id}.xml"
+                real = _outside(xml, raw_dir / root / "Annotations")
+                if real is not None:  # an id with `..`, or a symlink out of the dataset
+                    report.add("images_skipped", entry["ids"], split, f"image {image_id}: "
+                               f"annotation resolves to {real}, outside {root}/Annotations; skipped")
+                    rows.append((root, image_id, None))
+                    continue
                 try:
                     rows.append((root, image_id, parse_voc_xml(xml)))
                 except AnnotationError as exc:
@@ -198,16 +242,10 @@ def to_coco(split: str, rows: list[tuple[str, str, VocAnnotation | None]], raw_d
         if ann is None:
             continue  # reported in pass 1
         rel_xml = (Path(root) / "Annotations" / f"{image_id}.xml").as_posix()
-        jpg = _image_path(raw_dir / root, image_id, ann)
-        try:
-            width, height = image_size(jpg)
-        except FileNotFoundError:
-            report.add("images_skipped", jpg.relative_to(raw_dir), split, "image file missing")
+        checked = _checked_image(raw_dir, root, image_id, ann, rel_xml, split, report)
+        if checked is None:
             continue
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            report.add("images_skipped", jpg.relative_to(raw_dir), split,
-                       f"unreadable or truncated image ({exc})")
-            continue
+        jpg, width, height = checked
         if (ann.width, ann.height) != (width, height) and ann.width is not None:
             report.add("size_mismatches", rel_xml, split,
                        f"XML size {ann.width}x{ann.height} differs from the image's "

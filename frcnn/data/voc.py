@@ -6,11 +6,13 @@ columns 0..9 is written xmin=1, xmax=10. Our convention is 0-based continuous co
 
 Parsing uses defusedxml (entity expansion and external entities are refused) and tolerates what
 real-world VOC-format tools write (labelImg: `<path>`, no `<pose>`/`<segmented>`/`<truncated>`,
-float coordinates, `<difficult>` missing -> 0).
+float coordinates, `<difficult>` missing -> 0). Numbers must be finite: `nan`, `inf` or `1e999`
+in a box, `<size>` or a flag makes the file malformed, like any other text that is not a number.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree.ElementTree import Element, ParseError
@@ -67,12 +69,23 @@ def _text(node: Element | None, tag: str) -> str | None:
     return child.text.strip()
 
 
+def _number(value: str) -> float:
+    """`value` as a finite float; ValueError saying why for text, NaN, +-inf and `1e999`."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError("is not a finite number")
+    return x
+
+
 def _flag(node: Element, tag: str, path: Path) -> bool:
     value = _text(node, tag)
     if value is None:
         return False  # labelImg and other tools leave flags out: VOC's default is 0
     try:
-        return bool(int(float(value)))
+        return bool(int(_number(value)))
     except ValueError:
         raise AnnotationError(f"{path}: <{tag}> must be 0 or 1, got {value!r}") from None
 
@@ -82,9 +95,9 @@ def _size(root: Element, tag: str, path: Path) -> int | None:
     if value is None:
         return None
     try:
-        n = int(float(value))
-    except ValueError:
-        raise AnnotationError(f"{path}: <size><{tag}> is not a number: {value!r}") from None
+        n = int(_number(value))
+    except ValueError as exc:
+        raise AnnotationError(f"{path}: <size><{tag}> {exc}: {value!r}") from None
     return n if n > 0 else None  # some tools write 0 when they did not know the size
 
 
@@ -114,10 +127,10 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
             if value is None:
                 raise AnnotationError(f"{path}: object {i} ({name}) has no <bndbox><{tag}>")
             try:
-                coords.append(float(value))  # labelImg and CVAT may write floats
-            except ValueError:
+                coords.append(_number(value))  # labelImg and CVAT may write floats
+            except ValueError as exc:
                 raise AnnotationError(
-                    f"{path}: object {i} ({name}) <{tag}> is not a number: {value!r}") from None
+                    f"{path}: object {i} ({name}) <{tag}> {exc}: {value!r}") from None
         objects.append(VocObject(
             name=name, bndbox=tuple(coords),  # type: ignore[arg-type]
             difficult=_flag(obj, "difficult", path), truncated=_flag(obj, "truncated", path),

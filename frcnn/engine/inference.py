@@ -2,7 +2,8 @@
 
 `frcnn predict PATH... --checkpoint models/model.pt` writes, per image, `<stem>.json`
 ({"image", "width", "height", "detections": [{label, class, score, box xyxy}]}) and `<stem>.png`
-with the boxes drawn (`<stem>-2.*`, `-3` ... for a later image whose stem was already written).
+with the boxes drawn (`<stem>-2.*`, `-3` ... when that name was already written in this run, is an
+input, or is a file predict did not write for this image: `frcnn.pipeline.predict`).
 Unreadable files are reported and skipped; the rest are still processed.
 """
 

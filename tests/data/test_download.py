@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -12,9 +13,10 @@ from data_helpers import make_voc_root
 
 from frcnn.config import config_from_dict
 from frcnn.data import download as download_mod
-from frcnn.data.archive import UnsafeArchiveError, find_voc_roots, safe_extract
-from frcnn.data.download import mirror_urls
-from frcnn.data.fetch import DownloadError, fetch
+from frcnn.data.archive import UnsafeArchiveError, check_archive, find_voc_roots, safe_extract
+from frcnn.data.download import _url_filename, mirror_urls
+from frcnn.data.fetch import DownloadError, fetch, meta_path
+from frcnn.errors import DataError
 from frcnn.pipeline import download
 
 FAST = {"retries": 2, "backoff": 0.001, "timeout": 5.0, "progress": False}
@@ -54,7 +56,7 @@ def voc_tree_bytes(tmp_path: Path, prefix: str, splits: dict[str, list[str]], fm
             for name, data in files.items():
                 zf.writestr(name, data)
         return buf.getvalue()
-    return tar_bytes(files)
+    return tar_bytes(files, mode="w" if fmt == "tar" else "w:gz")
 
 
 def url_config(url: str, checksum: str | None = None, mirrors: tuple[str, ...] = ()):
@@ -291,3 +293,160 @@ def test_voc0712_from_a_mirror(tmp_path, file_server, monkeypatch):
     assert [e["ids"] for e in manifest["splits"]["test"]] == ["VOCdevkit/VOC2007/ImageSets/Main/test.txt"]
     # Both 2007 archives were merged into one VOCdevkit/VOC2007.
     assert len(list((tmp_path / "raw/VOCdevkit/VOC2007/JPEGImages").iterdir())) == 4
+
+
+# ---------------------------------------------------------------- what may enter the cache
+
+PORTAL = b"<!doctype html><html><body>Please log in to the hotel Wi-Fi</body></html>\n"
+
+
+def archive_of(tmp_path: Path, fmt: str) -> bytes:
+    return voc_tree_bytes(tmp_path, "VOC", {"trainval": ["im0", "im1"], "test": ["im2"]}, fmt=fmt)
+
+
+@pytest.mark.parametrize("name, data, problem", [
+    ("a.tar.gz", PORTAL, "not a valid .tar.gz archive (not a gzip file)"),
+    ("a.tgz", tar_bytes({"x": b"1"}, mode="w"), "not a valid .tgz archive (not a gzip file)"),
+    ("a.tar", PORTAL, "not a valid .tar archive"),
+    ("a.zip", PORTAL, "not a valid .zip archive (File is not a zip file)"),
+    ("a.zip", tar_bytes({"x": b"1"}), "not a valid .zip archive"),
+    ("download", PORTAL, "not a .tar, .tar.gz or .zip archive"),
+    ("a.tar", tar_bytes({"x": b"1" * 5000, "y": b"2"}, mode="w")[:512 + 5120],
+     "cut short (no end-of-archive block after its 1 members)"),
+    ("a.tar", tar_bytes({"x": b"1" * 5000}, mode="w")[:3000], "not a valid .tar archive"),
+    ("a.tar.gz", tar_bytes({"x": bytes(range(256)) * 400})[:500], "not a valid .tar.gz archive"),
+])
+def test_check_archive_refuses_what_its_name_does_not_say(tmp_path, name, data, problem):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(DataError) as info:
+        check_archive(tmp_path / name)
+    assert str(info.value).startswith(f"{name}: {problem}") and "\n" not in str(info.value)
+
+
+def test_check_archive_lists_good_archives(tmp_path):
+    for name, fmt in (("a.tar.gz", "tar.gz"), ("a.tar", "tar"), ("a.zip", "zip"), ("a.bin", "zip")):
+        (tmp_path / name).write_bytes(archive_of(tmp_path, fmt))
+        assert check_archive(tmp_path / name) > 5, name
+    (tmp_path / "x.part").write_bytes(archive_of(tmp_path, "tar"))
+    assert check_archive(tmp_path / "x.part", "x.tar") > 5  # typed by its final name
+    with pytest.raises(DataError, match=r"^x\.zip: not a valid \.zip archive"):
+        check_archive(tmp_path / "x.part", "x.zip")
+
+
+def test_html_served_as_tar_gz_is_never_cached(tmp_path, file_server):
+    url = file_server.serve("/d.tar.gz", PORTAL)
+    raw, cache = tmp_path / "raw", tmp_path / "cache"
+    with pytest.raises(DownloadError) as info:
+        download.run(url_config(url), raw_dir=raw, cache_dir=cache, **FAST)
+    assert str(info.value) == (f"{_url_filename(url)}: download failed from every URL: {url}: "
+                               "not a valid .tar.gz archive (not a gzip file)")
+    assert list(cache.iterdir()) == [] and not raw.exists()
+    file_server.routes["/d.tar.gz"].data = archive_of(tmp_path, "tar.gz")  # off the portal
+    assert download.run(url_config(url), raw_dir=raw, cache_dir=cache, **FAST)["roots"] == ["VOC"]
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "tar", "zip"])
+def test_a_body_cut_without_content_length_is_never_cached(tmp_path, file_server, fmt):
+    data = archive_of(tmp_path, fmt)
+    url = file_server.serve(f"/d.{fmt}", data, mode="cut-nolength")
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match=rf"{url}: not a valid \.{fmt} archive|"
+                                            rf"{url}: cut short"):
+        download.run(url_config(url), raw_dir=tmp_path / "raw", cache_dir=cache, **FAST)
+    assert file_server.routes[f"/d.{fmt}"].hits == FAST["retries"]  # retried: it may come whole
+    assert list(cache.iterdir()) == [] and not (tmp_path / "raw").exists()
+    file_server.routes[f"/d.{fmt}"].mode = "ok"
+    download.run(url_config(url), raw_dir=tmp_path / "raw", cache_dir=cache, **FAST)
+    assert (cache / _url_filename(url)).read_bytes() == data
+
+
+def test_a_bad_cached_copy_is_deleted_and_fetched_again(tmp_path, file_server, capsys):
+    data = archive_of(tmp_path, "tar.gz")
+    url = file_server.serve("/d.tar.gz", data)
+    cached = tmp_path / "cache" / _url_filename(url)
+    cached.parent.mkdir()
+    cached.write_bytes(PORTAL)  # what an older frcnn kept from a captive portal
+    manifest = download.run(url_config(url), raw_dir=tmp_path / "raw",
+                            cache_dir=tmp_path / "cache", **FAST)
+    assert manifest["roots"] == ["VOC"] and cached.read_bytes() == data
+    assert file_server.routes["/d.tar.gz"].hits == 1
+    err = capsys.readouterr().err
+    assert (f"download: cached {cached} is unusable (not a valid .tar.gz archive (not a gzip "
+            "file)); fetching it again\n") in err
+
+
+def test_a_cached_copy_whose_size_changed_is_fetched_again(tmp_path, file_server, capsys):
+    url = file_server.serve("/d.tar.gz", archive_of(tmp_path, "tar.gz"))
+    dest = fetch([url], tmp_path / "d.tar.gz", validate=check_archive, **FAST)
+    with open(dest, "ab") as f:
+        f.write(b"junk")  # still lists as a .tar.gz: only the size says it changed
+    fetch([url], dest, validate=check_archive, **FAST)
+    assert dest.read_bytes() == file_server.routes["/d.tar.gz"].data
+    assert file_server.routes["/d.tar.gz"].hits == 2
+    size = len(file_server.routes["/d.tar.gz"].data)
+    assert capsys.readouterr().err == (f"download: cached {dest} is unusable ({size + 4} bytes, "
+                                       f"but {size} when downloaded); fetching it again\n")
+
+
+def test_a_changed_upstream_file_is_fetched_again(tmp_path, file_server):
+    old, new = archive_of(tmp_path, "tar.gz"), tar_bytes({"VOC/Annotations/n.xml": b"new"})
+    url = file_server.serve("/d.tar.gz", old, etag='"v1"')
+    dest = fetch([url], tmp_path / "d.tar.gz", validate=check_archive, **FAST)
+    assert json.loads(meta_path(dest).read_text()) == {
+        "url": url, "etag": '"v1"', "last_modified": None, "size": len(old)}
+    route = file_server.routes["/d.tar.gz"]
+    route.data, route.etag = new, '"v2"'
+    fetch([url], dest, validate=check_archive, **FAST)
+    assert route.conditionals == [(None, None), ('"v1"', None)]
+    assert dest.read_bytes() == new and json.loads(meta_path(dest).read_text())["etag"] == '"v2"'
+
+
+def test_304_keeps_the_cache(tmp_path, file_server, capsys):
+    data = archive_of(tmp_path, "tar.gz")
+    stamp = "Wed, 21 Oct 2015 07:28:00 GMT"
+    url = file_server.serve("/d.tar.gz", data, last_modified=stamp)
+    dest = fetch([url], tmp_path / "d.tar.gz", validate=check_archive, **FAST)
+    mtime = dest.stat().st_mtime_ns
+    assert fetch([url], dest, validate=check_archive, **FAST) == dest
+    route = file_server.routes["/d.tar.gz"]
+    assert route.hits == 2 and route.conditionals[-1] == (None, stamp)
+    assert dest.read_bytes() == data and dest.stat().st_mtime_ns == mtime
+    assert f"download: {url} unchanged (HTTP 304)" in capsys.readouterr().out
+    assert leftovers(tmp_path) == []
+
+
+def test_revalidation_that_fails_keeps_the_good_cache(tmp_path, file_server, capsys):
+    data = archive_of(tmp_path, "tar.gz")
+    url = file_server.serve("/d.tar.gz", data, etag='"v1"')
+    dest = fetch([url], tmp_path / "d.tar.gz", validate=check_archive, **FAST)
+    route = file_server.routes["/d.tar.gz"]
+    route.data, route.etag = PORTAL, '"portal"'  # a new "version" that is no archive
+    fetch([url], dest, validate=check_archive, **FAST)
+    route.mode = "500"  # the server down
+    fetch([url], dest, validate=check_archive, **FAST)
+    assert dest.read_bytes() == data and leftovers(tmp_path) == []
+    assert json.loads(meta_path(dest).read_text())["etag"] == '"v1"'
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith(f"download: kept the cached {dest}: ") for line in err)
+    assert "not a valid .tar.gz archive" in err[0] and "HTTP 500" in err[1]
+
+
+def test_a_server_without_validators_is_not_asked_again(tmp_path, file_server):
+    url = file_server.serve("/d.tar.gz", archive_of(tmp_path, "tar.gz"))
+    dest = fetch([url], tmp_path / "d.tar.gz", validate=check_archive, **FAST)
+    fetch([url], dest, validate=check_archive, **FAST)
+    assert file_server.routes["/d.tar.gz"].hits == 1
+
+
+def test_download_stage_picks_up_a_changed_upstream_archive(tmp_path, file_server):
+    url = file_server.serve("/d.tar.gz", archive_of(tmp_path, "tar.gz"), etag='"v1"')
+    raw, cache = tmp_path / "raw", tmp_path / "cache"
+    download.run(url_config(url), raw_dir=raw, cache_dir=cache, **FAST)
+    assert sorted(p.name for p in cache.iterdir()) == [_url_filename(url),
+                                                       f"{_url_filename(url)}.http.json"]
+    route = file_server.routes["/d.tar.gz"]
+    route.data = voc_tree_bytes(tmp_path / "v2", "NEW", {"trainval": ["im0"], "test": ["im1"]})
+    route.etag = '"v2"'
+    shutil.rmtree(raw)  # data/raw matching its manifest is reused without looking upstream
+    assert download.run(url_config(url), raw_dir=raw, cache_dir=cache, **FAST)["roots"] == ["NEW"]
+    assert route.conditionals == [(None, None), ('"v1"', None)]

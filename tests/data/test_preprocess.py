@@ -170,3 +170,114 @@ def test_image_named_by_xml_filename(tmp_path):
     write_manifest(raw, [ROOT])
     run(tmp_path)
     assert load(tmp_path, "trainval")["images"][0]["file_name"].endswith("JPEGImages/photo 1.jpg")
+
+
+def strict_json(path: Path):
+    """The file parsed as strict JSON: NaN, Infinity and -Infinity are refused."""
+    def refuse(name: str):
+        raise ValueError(f"{path}: {name} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_non_finite_numbers_skip_the_image_and_the_json_stays_strict(tmp_path, value):
+    raw = clean_tree(tmp_path)
+    ann = raw / ROOT / "Annotations"
+    box = ann / "a.xml"
+    box.write_text(box.read_text().replace("<xmin>5</xmin>", f"<xmin>{value}</xmin>", 1))
+    size = ann / "b.xml"
+    size.write_text(size.read_text().replace("<width>30</width>", f"<width>{value}</width>"))
+    summary = run(tmp_path)
+    assert summary["images_skipped"] == 2 and summary["boxes_dropped"] == 0
+    problems = {Path(i["file"]).name: i["problem"] for i in summary["issues"]}
+    assert problems == {
+        "a.xml": f"object 1 (cat) <xmin> is not a finite number: {value!r}",
+        "b.xml": f"<size><width> is not a finite number: {value!r}"}
+    for split in ("trainval", "test"):
+        strict_json(tmp_path / "processed" / f"{split}.json")
+    coco = strict_json(tmp_path / "processed" / "trainval.json")
+    assert [im["voc_id"] for im in coco["images"]] == ["c"]
+    assert strict_json(tmp_path / "reports" / "data_summary.json")["images_skipped"] == 2
+
+
+def point_b_at(tmp_path: Path, spelling: str | None = None, link: Path | None = None) -> Path:
+    """clean_tree with image b replaced: its JPEG gone, a 30x60 JPEG outside the dataset at
+    tmp_path/outside/secret.jpg, and b.xml's <filename> set to `spelling` (or b.jpg turned into
+    a symlink at `link`, relative to JPEGImages, pointing to it)."""
+    raw = clean_tree(tmp_path)
+    jpegs = raw / ROOT / "JPEGImages"
+    (jpegs / "b.jpg").rename(tmp_path / "secret.jpg")
+    (tmp_path / "outside").mkdir()
+    secret = (tmp_path / "secret.jpg").rename(tmp_path / "outside" / "secret.jpg")
+    if spelling is not None:
+        (raw / ROOT / "Annotations" / "b.xml").write_text(
+            voc_xml(spelling, 30, 60, [("cat", (2, 3, 4, 5), 0)]))
+    if link is not None:
+        (jpegs / link).parent.mkdir(parents=True, exist_ok=True)
+        (jpegs / link).symlink_to(secret)
+    return secret
+
+
+def assert_b_skipped_as_outside(tmp_path: Path, summary: dict, secret: Path) -> None:
+    assert summary["images_skipped"] == 1
+    [issue] = summary["issues"]
+    assert issue["file"] == f"{ROOT}/Annotations/b.xml" and issue["kind"] == "images_skipped"
+    assert f"resolves to {secret.resolve()}, outside {ROOT}/JPEGImages; skipped" in issue["problem"]
+    coco = load(tmp_path, "trainval")
+    assert [im["voc_id"] for im in coco["images"]] == ["a", "c"]
+    assert all("secret" not in im["file_name"] for im in coco["images"])
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "../../../../outside/secret.jpg",
+                                      "../JPEGImages/../../../../outside/secret.jpg"])
+def test_filename_outside_jpegimages_is_skipped(tmp_path, spelling):
+    if spelling == "absolute":
+        spelling = str(tmp_path / "outside" / "secret.jpg")
+    secret = point_b_at(tmp_path, spelling)
+    summary = run(tmp_path)
+    assert_b_skipped_as_outside(tmp_path, summary, secret)
+    assert repr(spelling) in summary["issues"][0]["problem"]
+
+
+@pytest.mark.parametrize("link, spelling", [("b.jpg", None), ("inner/photo.jpg", "inner/photo.jpg")])
+def test_symlink_out_of_jpegimages_is_skipped(tmp_path, link, spelling):
+    secret = point_b_at(tmp_path, spelling, link=Path(link))
+    assert_b_skipped_as_outside(tmp_path, run(tmp_path), secret)
+
+
+def test_image_id_climbing_out_of_the_dataset_is_skipped(tmp_path):
+    raw = clean_tree(tmp_path)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "evil.xml").write_text(voc_xml("evil.jpg", 20, 20, []))
+    lst = raw / ROOT / "ImageSets" / "Main" / "trainval.txt"
+    lst.write_text(lst.read_text() + "../../../../outside/evil\n")
+    summary = run(tmp_path)
+    [issue] = summary["issues"]
+    assert issue["file"] == f"{ROOT}/ImageSets/Main/trainval.txt"
+    assert issue["problem"] == (f"image ../../../../outside/evil: annotation resolves to "
+                                f"{(tmp_path / 'outside' / 'evil.xml').resolve()}, outside "
+                                f"{ROOT}/Annotations; skipped")
+    assert summary["splits"]["trainval"]["images_listed"] == 4
+    assert [im["voc_id"] for im in load(tmp_path, "trainval")["images"]] == ["a", "b", "c"]
+
+
+def test_paths_that_stay_inside_jpegimages_are_used(tmp_path):
+    """`..` that stays inside, an absolute path into JPEGImages, and a symlinked JPEGImages
+    folder (a user linking their images in) are all inside the dataset."""
+    raw = clean_tree(tmp_path)
+    jpegs = raw / ROOT / "JPEGImages"
+    (jpegs / "sub").mkdir()
+    (jpegs / "b.jpg").rename(jpegs / "sub" / "bee.jpg")
+    (jpegs / "c.jpg").rename(jpegs / "sea.jpg")
+    ann = raw / ROOT / "Annotations"
+    (ann / "b.xml").write_text(voc_xml("sub/../sub/bee.jpg", 30, 60, [("cat", (2, 3, 4, 5), 0)]))
+    (ann / "c.xml").write_text(voc_xml(str((jpegs / "sea.jpg").resolve()), 20, 20, []))
+    jpegs.rename(tmp_path / "images")
+    jpegs.symlink_to(tmp_path / "images", target_is_directory=True)
+    summary = run(tmp_path)
+    assert summary["issues"] == [] and summary["images_skipped"] == 0
+    coco = load(tmp_path, "trainval")
+    assert [im["voc_id"] for im in coco["images"]] == ["a", "b", "c"]
+    assert (coco["images"][1]["width"], coco["images"][1]["height"]) == (30, 60)
+    for im in coco["images"]:
+        assert (tmp_path / "processed" / im["file_name"]).is_file()

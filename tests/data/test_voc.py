@@ -102,3 +102,47 @@ def test_malformed_files_name_the_file_and_problem(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(AnnotationError, match="cannot read"):
         parse_voc_xml(tmp_path / "nope.xml")
+
+
+NON_FINITE = ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1e999"]
+BOX = {"xmin": "1", "ymin": "2", "xmax": "10", "ymax": "12"}
+
+
+def box_xml(box: dict[str, str], width: str = "50", height: str = "40") -> str:
+    coords = "".join(f"<{k}>{v}</{k}>" for k, v in box.items())
+    return (f"<annotation><filename>a.jpg</filename><size><width>{width}</width><height>{height}"
+            f"</height></size><object><name>cat</name><bndbox>{coords}</bndbox></object></annotation>")
+
+
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("tag", list(BOX))
+def test_a_non_finite_box_coordinate_is_malformed(tmp_path, tag, value):
+    path = write(tmp_path, box_xml({**BOX, tag: value}), "bad.xml")
+    with pytest.raises(AnnotationError) as info:
+        parse_voc_xml(path)
+    assert str(info.value) == f"{path}: object 0 (cat) <{tag}> is not a finite number: {value!r}"
+
+
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("tag", ["width", "height"])
+def test_a_non_finite_size_is_malformed_like_any_unreadable_size(tmp_path, tag, value):
+    sizes = {"width": "50", "height": "40", tag: value}
+    path = write(tmp_path, box_xml(BOX, **sizes), "bad.xml")
+    with pytest.raises(AnnotationError) as info:  # no OverflowError from int(float("inf"))
+        parse_voc_xml(path)
+    assert str(info.value) == f"{path}: <size><{tag}> is not a finite number: {value!r}"
+    text = write(tmp_path, box_xml(BOX, **{**sizes, tag: "wide"}), "text.xml")
+    with pytest.raises(AnnotationError, match=rf"<size><{tag}> is not a number: 'wide'"):
+        parse_voc_xml(text)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999"])
+def test_a_non_finite_flag_is_malformed(tmp_path, value):
+    xml = box_xml(BOX).replace("<bndbox>", f"<difficult>{value}</difficult><bndbox>")
+    with pytest.raises(AnnotationError, match=rf"<difficult> must be 0 or 1, got {value!r}"):
+        parse_voc_xml(write(tmp_path, xml))
+
+
+def test_large_finite_numbers_still_parse(tmp_path):
+    ann = parse_voc_xml(write(tmp_path, box_xml({**BOX, "xmax": "1e300"}, width="1e3")))
+    assert ann.objects[0].bndbox == (1.0, 2.0, 1e300, 12.0) and ann.width == 1000
