@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro test install bench clean-venv
+.PHONY: repro test test-all install bench clean-venv
 
 # PyTorch's OpenMP threads busy-wait by default: on a machine where anything else runs, a CPU
 # training step then gets 5-20x slower. Sleeping threads cost ~15% on an idle machine instead.
@@ -25,6 +25,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# everything, the `slow` end-to-end rehearsals included (`make test` leaves them out)
+test-all: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m ""
 
 bench: $(STAMP)
 	$(BIN)/frcnn bench --quick

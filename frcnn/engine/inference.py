@@ -90,7 +90,8 @@ def detections_to_json(path: Path, image: torch.Tensor, det: dict[str, torch.Ten
                            for b, lab, s in zip(det["boxes"], det["labels"], det["scores"])]}
 
 
-__all__ = ["load_detector", "predict_files", "read_image", "iter_image_files"]
+__all__ = ["load_detector", "read_image", "iter_image_files", "detections_to_json", "predict",
+           "to_coco_results"]
 
 
 @torch.inference_mode()

@@ -45,4 +45,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["FasterRCNN", "build_model", "count_parameters"]
+__all__ = ["FasterRCNN", "count_parameters"]
