@@ -74,8 +74,7 @@ def run(cfg: Config, *, test_json: Path, checkpoint: Path, reports: Path, detect
                         [{k: v.numpy() for k, v in d.items()} for _, _, d in preview],
                         [{"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy()}
                          for _, t, _ in preview], names, reports / "detections.png")
-    tracker = start_stage_run(project, cfg.to_dict(), cfg.flat(), cfg.data.dataset, "evaluate",
-                              run_id=state.get("mlflow_run_id") or None)
+    tracker = start_stage_run(project, cfg, "evaluate", run_id=state.get("mlflow_run_id") or None)
     with tracker:
         tracker.log_metrics({k: float(v) for k, v in metrics.items() if not math.isnan(v)})
         tracker.log_metrics({f"ap50.{n}": float(coco["per_class_ap50"][n]) for n in names})

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from frcnn.config import config_from_dict, flatten
+from frcnn.config import Config, config_from_dict, flatten
 from frcnn.errors import ConfigError
 
 DEFAULT_EXPERIMENT = "frcnn"
@@ -363,12 +363,12 @@ def ablation_tags(project_root: Path, current: dict[str, Any]) -> dict[str, str]
     return tags
 
 
-def start_stage_run(project: Path, cfg_dict: dict[str, Any], flat_params: dict[str, Any],
-                    dataset: str, stage: str, run_id: str | None = None) -> Tracker:
+def start_stage_run(project: Path, cfg: Config, stage: str, run_id: str | None = None) -> Tracker:
     """The MLflow run of one pipeline stage (train opens it, evaluate reopens it by `run_id`),
-    named after its DVC experiment, tagged with the code version and what the ablation varies."""
+    named after its DVC experiment, with `cfg`'s params, tagged with the code version and what
+    the ablation varies."""
     return Tracker.start(tracking_root(project), run_name=os.environ.get("DVC_EXP_NAME"),
-                         params=flat_params,
-                         tags={**default_tags(project, dataset), f"stage.{stage}": "done",
-                               **ablation_tags(project, cfg_dict)},
+                         params=cfg.flat(),
+                         tags={**default_tags(project, cfg.data.dataset), f"stage.{stage}": "done",
+                               **ablation_tags(project, cfg.to_dict())},
                          run_id=run_id)

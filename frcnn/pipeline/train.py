@@ -58,8 +58,7 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
         run_id = resumed_run_id(cfg, checkpoint, resume)
         tracker = Tracker.disabled()
         if dist_info.is_main:
-            tracker = start_stage_run(project, cfg.to_dict(), cfg.flat(), cfg.data.dataset, "train",
-                                      run_id=run_id)
+            tracker = start_stage_run(project, cfg, "train", run_id=run_id)
         with tracker:
             result = train(model, dataset, collate_fn, cfg, checkpoint, resume=resume,
                            extra_state={"num_classes": dataset.num_classes,
