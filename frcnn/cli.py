@@ -103,21 +103,39 @@ def anchors_show(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
 def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml (default: all)")] = None,
            seeds: Annotated[int, typer.Option(min=1, help="runs per setting, seeds 0..N-1")] = 1,
            set_: SetOpt = None,
+           params: ParamsOpt = Path("params.yaml"),
            grids_file: Annotated[Path, typer.Option("--grids", help="grid file")] = Path("ablations.yaml"),
-           dry_run: Annotated[bool, typer.Option(help="print the dvc commands only")] = False,
-           jobs: Annotated[int, typer.Option(min=1, help="experiments at once")] = 1) -> None:
-    """Queue the ablation grid as DVC experiments and run them (`dvc exp run --run-all`)."""
-    from frcnn.tools.ablation import load_grids, plan, queue_and_run
+           dry_run: Annotated[bool, typer.Option(help="list the planned runs and their dvc exp run lines")] = False,
+           records: Annotated[Path, typer.Option(help="one JSON record per finished run")] = Path("reports/ablations/runs"),
+           workdir: Annotated[Path, typer.Option(help="run folders: checkpoints, logs (not committed)")] = Path(".study"),
+           data: Annotated[Path, typer.Option(help="training split")] = Path("data/augmented/trainval.json"),
+           test: Annotated[Path, typer.Option(help="test split")] = Path("data/processed/test.json"),
+           backbone: Annotated[Path, typer.Option(help="pretrain's output")] = Path("models/backbone.pt"),
+           ) -> None:
+    """Run the ablation study: every (setting, seed) of the grid not yet recorded trains and
+    evaluates through the stage scripts, and ends as a record in reports/ablations/runs/."""
+    import yaml
 
-    with user_errors():
-        runs = plan(load_grids(grids_file), grid, seeds, parse_overrides(set_))
+    from frcnn.tools.study import StudyPaths, analyse, load_study_file, plan_study, run_study
+
+    with user_errors(OSError, yaml.YAMLError):
+        grids, test_only = load_study_file(grids_file)
+        base = yaml.safe_load(Path(params).read_text()) or {}
+        runs = plan_study(grids, base, grid, seeds, parse_overrides(set_))
     for run in runs:
-        typer.echo(run.shell())
+        typer.echo(f"{run.name:45s} {run.dvc_command()}")
     if dry_run:
-        typer.echo(f"dvc exp run --run-all -j {jobs}")
         return
-    queue_and_run(runs, Path("."), jobs)
-    typer.echo("done: `frcnn compare` tabulates them against the baseline")
+    for path in (data, test):
+        if not path.is_file():
+            fail(DataError(f"{path}: not found; run `dvc repro augment` first (the study reuses "
+                           "the pipeline's data)"))
+    paths = StudyPaths(project=Path.cwd(), train_json=data, test_json=test, backbone=backbone,
+                       records=records, workdir=workdir)
+    with user_errors(RuntimeError, ValueError):
+        written = run_study(runs, paths, echo=typer.echo,
+                            analyse=lambda run, run_dir, _rec: analyse(run, run_dir, paths, test_only))
+    typer.echo(f"{len(written)} new record(s) in {records}: `frcnn compare` tabulates them")
 
 
 @app.command()

@@ -105,6 +105,18 @@ def predict(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch
             yield image, target, {k: v.cpu() for k, v in det.items()}
 
 
+@torch.inference_mode()
+def rpn_proposals(model: nn.Module, images: list[Tensor]) -> list[Tensor]:
+    """The first stage's output for each image: proposals (P_i, 4) xyxy in the image's own pixels,
+    best first, `rpn.post_nms_top_n_test` at most: what the second stage sees at test time."""
+    model.eval()
+    original = [tuple(img.shape[-2:]) for img in images]
+    batch, sizes, _ = model.transform(images)
+    proposals, _ = model.rpn(model.backbone(batch), sizes, None)
+    scaled = model.transform.postprocess([{"boxes": p} for p in proposals], sizes, original)
+    return [d["boxes"] for d in scaled]
+
+
 def to_coco_results(image_id: int, det: dict[str, Tensor]) -> list[dict[str, Any]]:
     """One image's detections -> COCO results [{image_id, category_id, bbox xywh, score}]."""
     boxes = det["boxes"].tolist()

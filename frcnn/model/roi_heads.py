@@ -111,7 +111,10 @@ class RoIHeads(nn.Module):
         """features (N, C, H, W), rois [(R_i, 4)] -> (R, C, S, S)."""
         size = (self.output_size, self.output_size)
         if self.op == "pool":
-            return roi_pool(features, rois, size, self.spatial_scale)
+            # torchvision registers roi_pool for CUDA autocast only: on a CPU under bfloat16
+            # autocast it has no kernel, so pool in float32 (a no-op for float32 features)
+            pooled = roi_pool(features.float(), [r.float() for r in rois], size, self.spatial_scale)
+            return pooled.to(features.dtype)
         if self.op == "align_grid":  # torchvision's numbers, a ~4x cheaper CPU backward
             return roi_align_grid(features, rois, self.output_size, self.spatial_scale,
                                   self.sampling_ratio)

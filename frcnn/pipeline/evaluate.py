@@ -50,21 +50,28 @@ def detect(cfg: Config, test_json: Path, checkpoint: Path
     return results, preview, names, len(dataset)
 
 
+def score(gt: dict[str, Any], results: list[dict[str, Any]]
+          ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The metrics of metrics.json for COCO `results` on `gt`, and the full COCO and VOC outputs."""
+    coco = coco_metrics(gt, results)
+    voc = voc_metrics(gt, results)
+    metrics = {"map": coco["map"], "ap50": coco["ap50"], "ap75": coco["ap75"],
+               "ap_small": coco["ap_small"], "ap_medium": coco["ap_medium"],
+               "ap_large": coco["ap_large"], "voc07_ap50": voc["voc07_map"],
+               "voc10_ap50": voc["voc10_map"], "num_images": len(gt["images"]),
+               "num_detections": len(results)}
+    return metrics, coco, voc
+
+
 def run(cfg: Config, *, test_json: Path, checkpoint: Path, reports: Path, detections: Path,
         project: Path = Path(".")) -> dict[str, Any]:
     """Detect on the test split, score with pycocotools and the VOC devkit rules, write
     `reports/{metrics.json, per_class_ap.csv, pr_curves.csv, pr_curves.png, detections.png}` and
     `detections`; log them to the MLflow run of `project`'s store that trained the checkpoint."""
     state = load_checkpoint(checkpoint)
-    results, preview, names, num_images = detect(cfg, test_json, checkpoint)
+    results, preview, names, _ = detect(cfg, test_json, checkpoint)
     gt = json.loads(Path(test_json).read_text())
-    coco = coco_metrics(gt, results)
-    voc = voc_metrics(gt, results)
-    metrics = {"map": coco["map"], "ap50": coco["ap50"], "ap75": coco["ap75"],
-               "ap_small": coco["ap_small"], "ap_medium": coco["ap_medium"],
-               "ap_large": coco["ap_large"], "voc07_ap50": voc["voc07_map"],
-               "voc10_ap50": voc["voc10_map"], "num_images": num_images,
-               "num_detections": len(results)}
+    metrics, coco, voc = score(gt, results)
     atomic_write_json(detections, results, sort_keys=True)
     atomic_write_json(reports / "metrics.json", metrics, sort_keys=True)
     write_per_class_csv(reports / "per_class_ap.csv", coco, voc, names)

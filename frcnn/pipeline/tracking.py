@@ -355,7 +355,10 @@ def ablation_tags(project_root: Path, current: dict[str, Any]) -> dict[str, str]
     exp = os.environ.get("DVC_EXP_NAME", "")
     rev = os.environ.get("DVC_EXP_BASELINE_REV") or None
     base = baseline_params(project_root, rev)
-    tags = {"ablation.group": exp.rsplit("-", 2)[0] if exp.count("-") >= 2 else (exp or "workspace"),
+    # `frcnn ablate` names the group; a hand-queued `<group>-<i>-s<seed>` experiment implies it
+    group = os.environ.get("FRCNN_ABLATION_GROUP") or (
+        exp.rsplit("-", 2)[0] if exp.count("-") >= 2 else (exp or "workspace"))
+    tags = {"ablation.group": group,
             "ablation.baseline": rev or "HEAD"}
     if base is not None:
         varied = varied_params(current, base)
