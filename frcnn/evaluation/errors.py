@@ -11,7 +11,8 @@ from its highest-IoU GT of the image, of any class:
     both            t_b <= IoU < t_f, wrong class
     background      IoU < t_b with every GT (t_b = 0.1)
 
-and a non-difficult GT that no detection matched is `missed`. For each type, ΔAP50 is the AP50
+and a non-difficult GT that no detection matched, and that no classification or localisation
+error lies on (those are counted there), is `missed`. For each type, ΔAP50 is the AP50
 after an oracle fixes that type alone, minus the AP50: classification errors are relabelled to
 their GT's class, localisation errors snapped onto their GT, both / duplicate / background errors
 dropped, missed GT dropped from the count. AP50 is VOC's all-point AP at IoU 0.5 (the devkit's
@@ -50,7 +51,8 @@ def classify_detections(gt: dict[str, Any], detections: Sequence[dict[str, Any]]
                         t_f: float = 0.5, t_b: float = 0.1
                         ) -> tuple[list[str], list[int], np.ndarray]:
     """-> (type of each detection: "tp", "ignored" or an error type; the index into
-    `gt["annotations"]` of its highest-IoU GT of any class, -1 without one; missed (G,) bool)."""
+    `gt["annotations"]` of its highest-IoU GT of any class (-1 for a TP, an ignored one or an
+    image without GT); missed (G,) bool)."""
     anns = gt["annotations"]
     g_boxes = np.array([_xyxy(a["bbox"]) for a in anns]).reshape(-1, 4)
     g_cls = np.array([a["category_id"] for a in anns], dtype=np.int64)
@@ -94,7 +96,11 @@ def classify_detections(gt: dict[str, Any], detections: Sequence[dict[str, Any]]
             types[d] = "localisation" if right else "both"
         else:
             types[d] = "background"
-    return types, best_any, ~matched & ~g_diff
+    covered = np.zeros(len(anns), dtype=bool)
+    for t, g in zip(types, best_any):
+        if t in ("classification", "localisation"):
+            covered[g] = True
+    return types, best_any, ~matched & ~g_diff & ~covered
 
 
 def tide_breakdown(gt: dict[str, Any], detections: Sequence[dict[str, Any]],
