@@ -116,7 +116,13 @@ def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml
     evaluates through the stage scripts, and ends as a record in reports/ablations/runs/."""
     import yaml
 
-    from frcnn.tools.study import StudyPaths, analyse, load_study_file, plan_study, run_study
+    from frcnn.tools.study import (
+        StudyPaths,
+        analyse,
+        load_study_file,
+        plan_study,
+        run_study,
+    )
 
     with user_errors(OSError, yaml.YAMLError):
         grids, test_only = load_study_file(grids_file)
@@ -139,27 +145,62 @@ def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml
 
 
 @app.command()
+def errors(detections: Annotated[Path, typer.Option(help="COCO results")] = Path("data/detections/test.json"),
+           test: Annotated[Path, typer.Option(help="the split they were made on")] = Path("data/processed/test.json"),
+           out: Annotated[Path, typer.Option(help="output folder")] = Path("reports"),
+           t_f: Annotated[float, typer.Option(min=0.0, max=1.0, help="foreground IoU")] = 0.5,
+           t_b: Annotated[float, typer.Option(min=0.0, max=1.0, help="background IoU")] = 0.1) -> None:
+    """Where the AP50 goes (TIDE): each false positive typed, ΔAP50 per type, errors.{json,png}."""
+    from frcnn.evaluation.errors import tide_breakdown
+    from frcnn.fileio import atomic_write_json
+    from frcnn.plots.evaluation import plot_errors
+
+    with user_errors(OSError, json.JSONDecodeError, KeyError, ValueError):
+        if t_b > t_f:
+            raise ValueError(f"--t-b {t_b}: must be <= --t-f {t_f}")
+        result = tide_breakdown(json.loads(test.read_text()), json.loads(detections.read_text()),
+                                t_f, t_b)
+        atomic_write_json(out / "errors.json", result, sort_keys=True)
+        plot_errors(result, out / "errors.png")
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
 def compare(out: Annotated[Path, typer.Option(help="output folder")] = Path("reports"),
-            group: Annotated[str | None, typer.Option(
-                help="only this ablation group (grid name); its shared settings, e.g. a reduced "
-                     "train.max_steps, then count as its baseline")] = None) -> None:
-    """Every evaluated MLflow run against the baseline: reports/ablations.{md,csv,png}."""
+            group: Annotated[str | None, typer.Option(help="only this question (grid name)")] = None,
+            records: Annotated[Path, typer.Option(help="the study's records")] = Path("reports/ablations/runs"),
+            mlflow: Annotated[bool, typer.Option("--mlflow", help="read the runs from the MLflow store instead")] = False,
+            timing: Annotated[Path, typer.Option(help="the timing records")] = Path("reports/ablations/timing.json"),
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+            grids_file: Annotated[Path, typer.Option("--grids", help="grid file")] = Path("ablations.yaml"),
+            ) -> None:
+    """The study's report, reports/ablations.{md,csv} + plots, rebuilt from the committed records
+    (or from MLflow with --mlflow). `--set train.max_steps=N`: the budget the study ran at."""
+    import yaml
+
     from frcnn.pipeline.tracking import experiment_name, tracking_uri
     from frcnn.tools.ablation import (
-        ablation_table,
+        build_report,
+        load_grids,
+        load_questions,
         runs_from_mlflow,
-        to_markdown,
-        write_ablation_outputs,
+        runs_from_records,
     )
+    from frcnn.tools.study import load_records
 
-    runs = runs_from_mlflow(tracking_uri(Path(".")), experiment_name())
-    if group is not None:
-        runs = [r for r in runs if r["group"] == group]
-    rows = ablation_table(runs)
-    if not rows:
-        fail(ValueError(f"no evaluated runs in {tracking_uri(Path('.'))}: run `make repro` first"))
-    write_ablation_outputs(rows, to_markdown(rows), out)
-    typer.echo(to_markdown(rows))
+    with user_errors(OSError, yaml.YAMLError, json.JSONDecodeError, ValueError):
+        grids, questions = load_grids(grids_file), load_questions(grids_file)
+        base = yaml.safe_load(Path(params).read_text()) or {}
+        if mlflow:
+            source = tracking_uri(Path("."))
+            runs = runs_from_mlflow(source, experiment_name())
+        else:
+            source = f"the records in {records}"
+            runs = runs_from_records(load_records(records))
+        times = json.loads(timing.read_text()).get("settings", {}) if timing.is_file() else {}
+        markdown = build_report(runs, grids, questions, base, parse_overrides(set_), times, out,
+                                source, group)
+    typer.echo(markdown)
 
 
 @app.command()

@@ -9,15 +9,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.tiny_project import REPO, build_project
 from typer.testing import CliRunner
 
-import frcnn.tools.ablation
 from frcnn.cli import app, parse_overrides
 from frcnn.config import ConfigError
+from tests.tiny_project import REPO, build_project
 
 STAGES = ["download", "preprocess", "augment", "train", "evaluate", "report"]
-TOOLS = ["predict", "ablate", "compare", "anchors"]
+TOOLS = ["predict", "ablate", "compare", "errors", "anchors"]
 
 
 @pytest.fixture
@@ -105,69 +104,69 @@ def test_stages_without_their_inputs_exit_2_naming_the_file(runner: CliRunner, t
         assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
 
 
-def test_ablate_dry_run_prints_the_queue_and_runs_nothing(runner: CliRunner, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_subprocess(*args, **kwargs):
+def test_ablate_dry_run_lists_the_runs_and_runs_nothing(runner: CliRunner, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import frcnn.tools.study
+
+    def no_run(*args, **kwargs):
         raise AssertionError(f"--dry-run ran {args}")
 
-    monkeypatch.setattr(frcnn.tools.ablation, "queue_and_run", no_subprocess)
-    monkeypatch.setattr(frcnn.tools.ablation.subprocess, "run", no_subprocess)
+    monkeypatch.setattr(frcnn.tools.study, "run_study", no_run)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["ablate", "--grid", "lambda", "--dry-run", "--seeds", "2",
-                                 "--set", "train.max_steps=50",
+                                 "--set", "train.max_steps=50", "--params", str(REPO / "params.yaml"),
                                  "--grids", str(REPO / "ablations.yaml")])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    assert lines == [f"dvc exp run --queue -n lambda-{i}-s{s} -S loss.lambda={lam} "
-                     f"-S train.max_steps=50 -S seed={s}"
-                     for i, lam in enumerate(("1.0", "5.0", "10.0")) for s in (0, 1)
-                     ] + ["dvc exp run --run-all -j 1"]
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == ["baseline-default-s0", "baseline-default-s1", "lambda-1.0-s0",
+                     "lambda-1.0-s1", "lambda-10.0-s0", "lambda-10.0-s1"]
+    assert result.stdout.splitlines()[2].endswith(
+        "dvc exp run -n lambda-1.0-s0 -S loss.lambda=1.0 -S train.max_steps=50 -S seed=0")
     assert list(tmp_path.iterdir()) == []
 
     unknown = runner.invoke(app, ["ablate", "--grid", "nope", "--dry-run",
+                                  "--params", str(REPO / "params.yaml"),
                                   "--grids", str(REPO / "ablations.yaml")])
     assert unknown.exit_code == 2 and "--grid nope: unknown grid" in unknown.stderr
+    missing = runner.invoke(app, ["ablate", "--grid", "lambda", "--params", str(REPO / "params.yaml"),
+                                  "--grids", str(REPO / "ablations.yaml")])
+    assert missing.exit_code == 2 and "run `dvc repro augment` first" in missing.stderr
 
 
-def _fake_store(root: Path) -> str:
-    import mlflow
+def test_compare_rebuilds_the_report_from_records_alone(runner: CliRunner, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
 
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("frcnn", artifact_location=(root / "mlruns").as_uri())
-    common = "train.max_steps=50"  # the study's --set: shared by every run, not a setting
-    for varied, group, m in ((common, "lambda", 0.50), (common, "lambda", 0.60),
-                             (f"loss.lambda=10.0; {common}", "lambda", 0.40),
-                             (f"loss.lambda=10.0; {common}", "lambda", 0.50)):
-        run = client.create_run(exp, tags={"ablation.varied": varied, "ablation.group": group})
-        for key, value in (("map", m), ("ap50", 2 * m - 0.1), ("voc07_ap50", 2 * m - 0.2),
-                           ("train.train_seconds", 30.0), ("train.images_per_s", 4.0)):
-            client.log_metric(run.info.run_id, key, value)
-        client.set_terminated(run.info.run_id)
-    client.create_run(exp, tags={"ablation.varied": "loss.lambda=1.0"})  # trained, never evaluated
-    return uri
+    from frcnn.config import config_from_dict
+    from frcnn.fileio import atomic_write_json
 
-
-def test_compare_tabulates_runs_against_the_baseline(runner: CliRunner, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", _fake_store(tmp_path))
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    env = {"cpu": "c", "cpu_capability": "AVX2", "train_precision": "float32", "torch": "t",
+           "threads": 2}
+    for setting, maps in (({}, (0.50, 0.60)), ({"loss.lambda": 10.0}, (0.40, 0.50))):
+        for seed, m in enumerate(maps):
+            params = config_from_dict(base, {**setting, "seed": seed}).to_dict()
+            atomic_write_json(tmp_path / "records" / f"{seed}{len(setting)}.json",
+                              {"key": f"{seed}{setting}", "name": "n", "params": params,
+                               "environment": env,
+                               "metrics": {"map": m, "ap50": 2 * m - 0.1, "ap75": m,
+                                           "voc07_ap50": 2 * m - 0.2}})
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["compare"])
+    result = runner.invoke(app, ["compare", "--records", "records", "--group", "lambda",
+                                 "--params", str(REPO / "params.yaml"),
+                                 "--grids", str(REPO / "ablations.yaml")])
     assert result.exit_code == 0, result.output
     md = (tmp_path / "reports/ablations.md").read_text()
     assert md == result.stdout.rstrip("\n") + "\n"
-    # setting | runs | mAP | AP50 | VOC07 AP50 | Δ mAP | Δ AP50 (the shared max_steps dropped)
-    assert ("| baseline | 2 | 0.550 ± 0.071 | 1.000 ± 0.141 | 0.900 ± 0.141 | +0.000 | +0.000 |"
-            in md)
-    assert ("| loss.lambda=10.0 | 2 | 0.450 ± 0.071 | 0.800 ± 0.141 | 0.700 ± 0.141 | -0.100 "
-            "| -0.200 |" in md)
-    assert "loss.lambda=1.0" not in md  # no `map`: not evaluated
-    assert "69.9" in md and "not measured here" in md
+    assert "| loss.lambda=5.0 (baseline) | 2 | 0.5500 ± 0.0707 | 1.0000 ± 0.1414 |" in md
+    assert "| loss.lambda=10.0 | 2 | 0.4500 ± 0.0707 |" in md
+    assert "-0.1000 [-0.1000, -0.1000]" in md  # paired over seeds: the same drop on each
+    assert "## anchor_scales" not in md  # --group: that question only
     rows = list(csv.DictReader((tmp_path / "reports/ablations.csv").open()))
-    assert [r["setting"] for r in rows] == ["baseline", "loss.lambda=10.0"]
-    assert float(rows[1]["map_delta"]) == pytest.approx(-0.1)
-    assert float(rows[0]["map_delta"]) == 0.0 and rows[0]["runs"] == "2"
-    assert (tmp_path / "reports/ablations.png").stat().st_size > 0
+    assert [r["setting"] for r in rows] == ["loss.lambda=5.0 (baseline)", "loss.lambda=1.0",
+                                            "loss.lambda=10.0"]
+    assert float(rows[2]["map_delta_mean"]) == pytest.approx(-0.1)
+    assert (tmp_path / "reports/ablations/lambda.png").stat().st_size > 0
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -176,11 +175,11 @@ def test_compare_without_evaluated_runs_exits_2(runner: CliRunner, tmp_path: Pat
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["compare"])
+    result = runner.invoke(app, ["compare", "--mlflow", "--params", str(REPO / "params.yaml"),
+                                 "--grids", str(REPO / "ablations.yaml")])
     assert result.exit_code == 2
     # (MLflow's own INFO lines about creating the database may come first)
-    assert result.stderr.splitlines()[-1] == (f"error: no evaluated runs in {uri}: "
-                                              "run `make repro` first")
+    assert result.stderr.splitlines()[-1] == f"error: {uri}: no evaluated runs"
     assert not (tmp_path / "reports").exists()
 
 
@@ -229,3 +228,19 @@ def test_anchors_show_draws_anchors_png(runner: CliRunner, project: Path,
     out_of_range = runner.invoke(app, ["anchors", "show", "--index", "99",
                                        "--out", "reports/x.png"])
     assert out_of_range.exit_code == 2 and not (project / "reports/x.png").exists()
+
+
+def test_errors_types_the_false_positives_of_a_detections_file(runner: CliRunner, tmp_path: Path) -> None:
+    from tests.evaluation.test_errors import DETS, _gt
+
+    (tmp_path / "gt.json").write_text(json.dumps(_gt()))
+    (tmp_path / "det.json").write_text(json.dumps(DETS))
+    result = runner.invoke(app, ["errors", "--detections", str(tmp_path / "det.json"),
+                                 "--test", str(tmp_path / "gt.json"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r/errors.json").read_text())
+    assert saved["counts"]["localisation"] == 1 and saved["delta_ap50"]["missed"] == pytest.approx(0.25)
+    assert (tmp_path / "r/errors.png").stat().st_size > 0
+    bad = runner.invoke(app, ["errors", "--detections", str(tmp_path / "nope.json"),
+                              "--test", str(tmp_path / "gt.json")])
+    assert bad.exit_code == 2 and "nope.json" in bad.stderr

@@ -1,5 +1,6 @@
-"""The `evaluate` stage: a checkpoint + the test split -> metrics, per-class AP, PR curves, a
-detection grid, the detections as COCO results, and the metrics in the train stage's MLflow run.
+"""The `evaluate` stage: a checkpoint + the test split -> metrics, per-class AP, PR curves, the
+TIDE error breakdown, a detection grid, the detections as COCO results, and the metrics in the
+train stage's MLflow run.
 
 The checkpoint's architecture is used; the inference-only keys (`rpn.*_test`, `roi.score_thresh`,
 `roi.nms_thresh`, `roi.detections_per_img`) come from the current params.
@@ -22,12 +23,13 @@ from frcnn.engine.checkpoint import load_checkpoint
 from frcnn.engine.device import select_device
 from frcnn.engine.inference import load_detector, predict, to_coco_results
 from frcnn.evaluation.coco import coco_metrics
+from frcnn.evaluation.errors import tide_breakdown
 from frcnn.evaluation.tables import pr_curves_table, write_per_class_csv
 from frcnn.evaluation.voc import voc_metrics
 from frcnn.fileio import atomic_write_csv, atomic_write_json
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 from frcnn.pipeline.tracking import start_stage_run
-from frcnn.plots.evaluation import plot_detection_grid, plot_pr_curves
+from frcnn.plots.evaluation import plot_detection_grid, plot_errors, plot_pr_curves
 
 
 def detect(cfg: Config, test_json: Path, checkpoint: Path
@@ -65,15 +67,19 @@ def score(gt: dict[str, Any], results: list[dict[str, Any]]
 
 def run(cfg: Config, *, test_json: Path, checkpoint: Path, reports: Path, detections: Path,
         project: Path = Path(".")) -> dict[str, Any]:
-    """Detect on the test split, score with pycocotools and the VOC devkit rules, write
-    `reports/{metrics.json, per_class_ap.csv, pr_curves.csv, pr_curves.png, detections.png}` and
+    """Detect on the test split, score with pycocotools and the VOC devkit rules, break the lost
+    AP50 down by error type (TIDE), write `reports/{metrics.json, errors.json, per_class_ap.csv,
+    pr_curves.csv, pr_curves.png, errors.png, detections.png}` and
     `detections`; log them to the MLflow run of `project`'s store that trained the checkpoint."""
     state = load_checkpoint(checkpoint)
     results, preview, names, _ = detect(cfg, test_json, checkpoint)
     gt = json.loads(Path(test_json).read_text())
     metrics, coco, voc = score(gt, results)
+    errors = tide_breakdown(gt, results)
     atomic_write_json(detections, results, sort_keys=True)
     atomic_write_json(reports / "metrics.json", metrics, sort_keys=True)
+    atomic_write_json(reports / "errors.json", errors, sort_keys=True)
+    plot_errors(errors, reports / "errors.png")
     write_per_class_csv(reports / "per_class_ap.csv", coco, voc, names)
     atomic_write_csv(reports / "pr_curves.csv", pr_curves_table(voc, names))
     plot_pr_curves(voc, names, reports / "pr_curves.png")
@@ -85,7 +91,10 @@ def run(cfg: Config, *, test_json: Path, checkpoint: Path, reports: Path, detect
     with tracker:
         tracker.log_metrics({k: float(v) for k, v in metrics.items() if not math.isnan(v)})
         tracker.log_metrics({f"ap50.{n}": float(coco["per_class_ap50"][n]) for n in names})
-        for name in ("metrics.json", "per_class_ap.csv", "pr_curves.png", "detections.png"):
+        tracker.log_metrics({f"errors.{k}": float(v) for k, v in errors["delta_ap50"].items()})
+        tracker.log_metrics({f"errors.count.{k}": float(v) for k, v in errors["counts"].items()})
+        for name in ("metrics.json", "errors.json", "per_class_ap.csv", "pr_curves.png",
+                     "errors.png", "detections.png"):
             tracker.log_artifact(reports / name)
     print(json.dumps(metrics, indent=2), file=sys.stderr)
     return metrics

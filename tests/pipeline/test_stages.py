@@ -103,9 +103,12 @@ def test_train_evaluate_report_write_every_output_and_one_mlflow_run(
     assert saved["num_images"] == 3
     per_class = _rows(proj / "reports/per_class_ap.csv")
     assert sorted(r["class"] for r in per_class) == sorted(state["class_names"])
-    for name in ("pr_curves.png", "detections.png", "pr_curves.csv"):
+    for name in ("pr_curves.png", "detections.png", "pr_curves.csv", "errors.png"):
         assert (proj / "reports" / name).stat().st_size > 0, name
-    assert _strict_json(proj / "data/detections/test.json") is not None
+    detections = _strict_json(proj / "data/detections/test.json")
+    errors = _strict_json(proj / "reports/errors.json")  # the TIDE breakdown of those detections
+    assert errors["ap50"] == pytest.approx(saved["voc10_ap50"])
+    assert errors["num_tp"] + sum(v for k, v in errors["counts"].items() if k != "missed") <= len(detections)
     assert path == proj / "reports/report.md"
     report = path.read_text()
     assert "VOC07 AP50" in report and "69.9" in report and "2 steps" in report
@@ -130,7 +133,8 @@ def test_train_evaluate_report_write_every_output_and_one_mlflow_run(
     assert tags["ablation.varied"] == "baseline"  # params.yaml as committed
     assert tags["stage.train"] == "done" and tags["stage.evaluate"] == "done"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"loss.csv", "metrics.json", "params.json", "detections.png"} <= artifacts
+    assert {"loss.csv", "metrics.json", "params.json", "detections.png", "errors.json"} <= artifacts
+    assert run.data.metrics["errors.background"] == pytest.approx(errors["delta_ap50"]["background"])
 
 
 def test_unreachable_tracking_server_does_not_stop_training(

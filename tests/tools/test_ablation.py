@@ -1,92 +1,138 @@
-"""Ablation planning, run tags and the comparison table (on runs in a temporary MLflow store)."""
+"""The study's report: grid and question files checked, paired statistics by hand, runs matched
+to settings by content, and the same tables from records and from an MLflow store."""
 
+import json
 import math
 
 import pytest
+import yaml
 
 from frcnn.config import ConfigError, config_from_dict
-from frcnn.pipeline.tracking import varied_params
+from frcnn.pipeline.tracking import param_value, varied_params
 from frcnn.tools.ablation import (
-    PlannedRun,
-    ablation_table,
+    build_report,
+    inference_only_table,
     load_grids,
-    plan,
+    load_questions,
+    paired_delta,
+    question_table,
     runs_from_mlflow,
-    to_markdown,
+    runs_from_records,
+    timing_key,
+    verdict,
 )
+from tests.tiny_project import REPO
+
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+ENV = {"cpu": "cpu X", "cpu_capability": "AVX2", "train_precision": "float32", "torch": "2",
+       "threads": 2}
 
 
-def test_the_shipped_grids_are_valid_and_plan_one_run_per_setting_and_seed():
-    grids = load_grids("ablations.yaml")
-    runs = plan(grids, "lambda", seeds=2, extra={"train.max_steps": 50})
-    assert [r.name for r in runs] == ["lambda-0-s0", "lambda-0-s1", "lambda-1-s0", "lambda-1-s1",
-                                      "lambda-2-s0", "lambda-2-s1"]
-    assert runs[3].overrides == {"loss.lambda": 5.0, "train.max_steps": 50, "seed": 1}
-    assert runs[0].shell() == ("dvc exp run --queue -n lambda-0-s0 -S loss.lambda=1.0 "
-                               "-S train.max_steps=50 -S seed=0")
-    assert "-S 'anchors.scales=[64, 128, 256]'" in plan(grids, "anchor_scales", 1)[0].shell()
+def record(setting, seed, m, *, env=ENV, loc=0.05, test_only=()):
+    """A study record as `frcnn ablate` writes it (the fields compare reads)."""
+    params = config_from_dict(BASE, {**setting, "seed": seed}).to_dict()
+    metrics = {"map": m, "ap50": m + 0.3, "ap75": m - 0.1, "voc07_ap50": m + 0.25,
+               "ap_small": m - 0.2, "ap_large": m + 0.1, "num_detections": 100}
+    return {"key": f"{setting}{seed}", "name": f"r{seed}", "params": params, "metrics": metrics,
+            "environment": env, "rpn_recall": {"recall@0.5": 0.9, "recall@0.7": 0.6},
+            "errors": {"delta_ap50": {"localisation": loc, "classification": 0.01}},
+            "test_only": list(test_only)}
 
 
-def test_bad_grids_are_rejected_naming_the_key(tmp_path):
+def test_the_shipped_file_is_valid_and_bad_questions_are_named(tmp_path):
+    grids, questions = load_grids(REPO / "ablations.yaml"), load_questions(REPO / "ablations.yaml")
+    assert set(questions) <= set(grids) and questions["lambda"]["checks"]
     f = tmp_path / "a.yaml"
     f.write_text("grids:\n  x:\n    - {loss.lambda: -1}\n")
     with pytest.raises(ConfigError, match=r"grids\.x: loss\.lambda: must be >= 0"):
         load_grids(f)
-    with pytest.raises(ConfigError, match="unknown grid"):
-        plan(load_grids("ablations.yaml"), "nope", 1)
+    f.write_text("grids:\n  x:\n    - {loss.lambda: 1}\nquestions:\n  x:\n    checks:\n"
+                 "      - {claim: c, metric: map, higher: {loss.lambda: 2}, than: {loss.lambda: 1}}\n")
+    with pytest.raises(ConfigError, match=r"checks\[0\]\.higher: .* is not a setting of grids\.x"):
+        load_questions(f)
+
+
+def test_paired_delta_and_its_t_interval_by_hand():
+    d = paired_delta({0: 0.50, 1: 0.54, 2: 0.52}, {0: 0.40, 1: 0.46, 2: 0.40, 3: 0.9})
+    # differences 0.10, 0.08, 0.12 over the 3 shared seeds: mean 0.10, sd 0.02, t(2) = 4.303
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.10)
+    half = 4.303 * 0.02 / math.sqrt(3)
+    assert (d["lo"], d["hi"]) == pytest.approx((0.10 - half, 0.10 + half))
+    assert verdict(d) == "confirmed"
+    assert verdict(paired_delta({0: 0.4, 1: 0.5}, {0: 0.5, 1: 0.6})) == "contradicted"
+    assert verdict(paired_delta({0: 0.4, 1: 0.6}, {0: 0.5, 1: 0.5})) == "not distinguishable from noise"
+    assert verdict(paired_delta({0: 0.4}, {0: 0.5})).startswith("not testable")
+
+
+def test_runs_belong_to_settings_by_content_and_deltas_are_paired():
+    grid = [{"loss.lambda": 1.0}, {"loss.lambda": 5.0}, {"loss.lambda": 10.0}]
+    runs = runs_from_records(
+        [record({}, s, 0.50 + 0.01 * s) for s in range(3)]
+        + [record({"loss.lambda": 10.0}, s, 0.55 + 0.01 * s, loc=0.02) for s in range(3)]
+        + [record({"loss.lambda": 10.0, "rpn.nms_thresh": 0.5}, 0, 0.9)])  # another setting
+    rows = question_table(runs, BASE, grid, {}, {timing_key(BASE, {}, {}): {"images_per_s": 9.0}})
+    assert [r["setting"] for r in rows] == ["loss.lambda=5.0 (baseline)", "loss.lambda=1.0",
+                                            "loss.lambda=10.0"]
+    base, one, ten = rows
+    assert base["n"] == 3 and base["map_mean"] == pytest.approx(0.51) and one["n"] == 0
+    assert ten["n"] == 3 and ten["map_delta"]["mean"] == pytest.approx(0.05)
+    assert ten["map_delta"]["lo"] == pytest.approx(0.05)  # identical differences: no spread
+    assert ten["tide_moved"] == "loc -0.030" and base["images_per_s"] == 9.0
+    assert base["rpn_recall@0.5"] == 0.9
+
+
+def test_inference_only_rows_compare_each_checkpoint_with_itself():
+    rows = [{"key": "rpn.nms_thresh", "value": 0.5, "metrics": {"map": 0.45, "ap50": 0.8}}]
+    runs = runs_from_records([record({}, s, 0.5, test_only=rows) for s in range(2)])
+    (row,) = inference_only_table(runs, BASE, {})
+    assert row["setting"] == "rpn.nms_thresh=0.5" and row["n"] == 2
+    assert row["map_delta"]["mean"] == pytest.approx(-0.05)
+    assert row["ap50_delta"]["mean"] == pytest.approx(0.0)
+
+
+def test_the_report_from_records_keeps_one_environment_and_states_the_budget(tmp_path):
+    recs = [record({}, s, 0.5 + 0.01 * s) for s in range(3)]
+    recs += [record({"roi.op": "pool"}, s, 0.45 + 0.012 * s) for s in range(3)]
+    recs += [record({"roi.op": "pool"}, 3, 0.1, env={**ENV, "cpu": "other"})]
+    grids = {"roi_op": [{"roi.op": "align_grid"}, {"roi.op": "pool"}]}
+    questions = {"roi_op": {"expected": "align wins",
+                            "checks": [{"claim": "c", "metric": "map", "higher": {"roi.op": "align_grid"},
+                                        "than": {"roi.op": "pool"}}]}}
+    md = build_report(runs_from_records(recs), grids, questions, BASE, {}, {}, tmp_path, "records")
+    assert "cpu X (AVX2), float32 training" in md and "1 run(s) from other environments" in md
+    assert f"Budget: {BASE['train']['max_steps']} training steps" in md
+    assert "| roi.op=pool | 3 | 0.4620 ± 0.0120 |" in md
+    assert "**confirmed**" in md
+    assert "AlexNet" in md and "VGG16" in md and "not measured here" in md
+    assert (tmp_path / "ablations" / "roi_op.png").stat().st_size > 0
+    assert (tmp_path / "ablations.csv").read_text().count("\n") == 3  # header + 2 settings
+    with pytest.raises(ValueError, match="no evaluated runs"):
+        build_report([], grids, questions, BASE, {}, {}, tmp_path, "nothing")
+
+
+def test_runs_are_read_back_from_an_mlflow_store_with_their_params(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("frcnn", artifact_location=str(tmp_path / "art"))
+    for setting, m in (({}, 0.5), ({"anchors.scales": [64, 128, 256]}, 0.45)):
+        cfg = config_from_dict(BASE, setting)
+        run = client.create_run(exp, tags={"host": "h", "torch": "2"})
+        for k, v in cfg.flat().items():
+            client.log_param(run.info.run_id, k, param_value(v))
+        client.log_metric(run.info.run_id, "map", m)
+        client.log_metric(run.info.run_id, "errors.localisation", 0.03)
+    client.create_run(exp)  # trained, never evaluated
+    runs = runs_from_mlflow(uri, "frcnn")
+    assert len(runs) == 2
+    rows = question_table(runs, BASE, [{"anchors.scales": [64, 128, 256]}], {}, {})
+    assert rows[0]["n"] == 1 and rows[0]["map_mean"] == 0.45
+    assert runs[0]["errors"]["delta_ap50"]["localisation"] == 0.03
 
 
 def test_varied_params_ignores_the_seed():
     base = config_from_dict({}).to_dict()
     cur = config_from_dict({}, {"loss.lambda": 10.0, "seed": 3}).to_dict()
     assert varied_params(cur, base) == {"loss.lambda": 10.0}
-
-
-def _run(varied, m, seconds=60.0):
-    return {"varied": varied, "group": "lambda", "metrics": {"map": m, "ap50": 2 * m,
-            "voc07_ap50": 2 * m, "train.train_seconds": seconds, "train.images_per_s": 10.0}}
-
-
-def test_table_means_stds_and_deltas_against_the_baseline():
-    common = "train.max_steps=50"
-    runs = [_run(common, 0.40), _run(common, 0.42),
-            _run(f"loss.lambda=10.0; {common}", 0.30), _run(f"loss.lambda=10.0; {common}", 0.34)]
-    rows = ablation_table(runs)
-    assert [r["setting"] for r in rows] == ["baseline", "loss.lambda=10.0"]
-    base, lam = rows
-    assert base["runs"] == 2 and base["map_mean"] == pytest.approx(0.41)
-    assert base["map_std"] == pytest.approx(math.sqrt(2 * 0.01 ** 2))
-    assert lam["map_delta"] == pytest.approx(0.32 - 0.41)
-    md = to_markdown(rows)
-    assert "| loss.lambda=10.0 | 2 | 0.320 ± 0.028" in md
-    assert "69.9" in md and "not measured here" in md
-
-
-def test_runs_are_read_back_from_an_mlflow_store(tmp_path):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("frcnn", artifact_location=str(tmp_path / "art"))
-    for varied, m in (("baseline", 0.5), ("loss.lambda=1.0", 0.45)):
-        run = client.create_run(exp, tags={"ablation.varied": varied, "ablation.group": "lambda"})
-        client.log_metric(run.info.run_id, "map", m)
-    client.create_run(exp)  # a train run without evaluation: not in the table
-    rows = ablation_table(runs_from_mlflow(uri, "frcnn"))
-    assert [(r["setting"], r["map_mean"]) for r in rows] == [("baseline", 0.5),
-                                                            ("loss.lambda=1.0", 0.45)]
-    assert rows[1]["map_delta"] == pytest.approx(-0.05)
-
-
-def test_planned_run_command_is_a_queued_dvc_experiment():
-    assert PlannedRun("a-0-s0", {"seed": 0}).command() == ["dvc", "exp", "run", "--queue", "-n",
-                                                           "a-0-s0", "-S", "seed=0"]
-
-
-def test_a_group_alone_takes_its_shared_quick_setting_as_baseline():
-    quick = "train.max_steps=30"
-    runs = [_run("baseline", 0.44),  # a full-length workspace run: another group
-            _run(quick, 0.10), _run(f"loss.lambda=1.0; {quick}", 0.05)]
-    rows = ablation_table([r for r in runs if r["varied"] != "baseline"])
-    assert [(r["setting"], r["map_mean"]) for r in rows] == [("baseline", 0.10),
-                                                            ("loss.lambda=1.0", 0.05)]
+    assert json.loads(timing_key(BASE, {}, {"loss.lambda": 5.0})) == {}
