@@ -111,17 +111,21 @@ def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml
            data: Annotated[Path, typer.Option(help="training split")] = Path("data/augmented/trainval.json"),
            test: Annotated[Path, typer.Option(help="test split")] = Path("data/processed/test.json"),
            backbone: Annotated[Path, typer.Option(help="pretrain's output")] = Path("models/backbone.pt"),
+           timing: Annotated[int, typer.Option(min=0, help="instead of the study: time each setting for N "
+                                                          "training steps, one at a time (a quiet machine)")] = 0,
            ) -> None:
     """Run the ablation study: every (setting, seed) of the grid not yet recorded trains and
     evaluates through the stage scripts, and ends as a record in reports/ablations/runs/."""
     import yaml
 
+    from frcnn.fileio import atomic_write_json
     from frcnn.tools.study import (
         StudyPaths,
         analyse,
         load_study_file,
         plan_study,
         run_study,
+        time_settings,
     )
 
     with user_errors(OSError, yaml.YAMLError):
@@ -138,6 +142,12 @@ def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml
                            "the pipeline's data)"))
     paths = StudyPaths(project=Path.cwd(), train_json=data, test_json=test, backbone=backbone,
                        records=records, workdir=workdir)
+    if timing:
+        with user_errors(RuntimeError, ValueError):
+            result = time_settings(runs, paths, base, timing, echo=typer.echo)
+        atomic_write_json(records.parent / "timing.json", result, sort_keys=True, indent=1)
+        typer.echo(f"-> {records.parent / 'timing.json'}")
+        return
     with user_errors(RuntimeError, ValueError):
         written = run_study(runs, paths, echo=typer.echo,
                             analyse=lambda run, run_dir, _rec: analyse(run, run_dir, paths, test_only))

@@ -257,9 +257,10 @@ class StudyPaths:
     workdir: Path          # run folders: checkpoints, detections (not committed)
 
 
-def _stage(paths: StudyPaths, run_dir: Path, script: str, args: list[str], run: StudyRun) -> None:
+def _stage(paths: StudyPaths, run_dir: Path, script: str, args: list[str], run: StudyRun,
+           extra_env: dict[str, str] | None = None) -> None:
     env = {**os.environ, "DVC_EXP_NAME": run.name, "FRCNN_ABLATION_GROUP": run.group,
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **(extra_env or {})}
     log = run_dir / "log.txt"
     with log.open("a") as out:
         proc = subprocess.run([sys.executable, str(paths.project / "stages" / script),
@@ -410,3 +411,46 @@ def load_study_file(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[s
             except ConfigError as exc:
                 raise ConfigError(f"{path}: test_only: {exc}") from None
     return grids, test_only
+
+
+# ------------------------------------------------------------------ timing, apart from the runs
+
+
+def time_settings(runs: list[StudyRun], paths: StudyPaths, base: dict[str, Any], steps: int = 100,
+                  echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train each distinct setting (seed 0) for `steps` steps, one at a time, through the train
+    stage, and keep its step time and images/s: the study's time columns. Meant for a quiet
+    machine; the study runs themselves may share it with other work, so their times mean nothing.
+    MLflow goes to a throw-away store."""
+    from frcnn.tools.ablation import setting_label, timing_key
+
+    out: dict[str, Any] = {"steps": steps, "settings": {}}
+    seen = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            key = timing_key(base, run.extra, run.setting)
+            if run.seed != 0 or key in seen:
+                continue
+            seen.add(key)
+            timed = StudyRun(run.group, run.setting, 0,
+                             config_from_dict(run.params, {"train.max_steps": steps}).to_dict(),
+                             f"timing-{run.name}", run.is_baseline, run.extra)
+            run_dir = Path(tmp) / timed.name
+            run_dir.mkdir()
+            atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(timed.params, sort_keys=False))
+            env_uri = {"MLFLOW_TRACKING_URI": f"sqlite:///{Path(tmp) / 'timing.db'}"}
+            _stage(paths, run_dir, "train.py",
+                   ["--data", str(paths.train_json), "--backbone", str(paths.backbone),
+                    "--checkpoint", str(run_dir / "model.pt"), "--reports", str(run_dir / "train")],
+                   timed, extra_env=env_uri)
+            summary = json.loads((run_dir / "train" / "summary.json").read_text())
+            row = {"setting": setting_label(run.setting) if not run.is_baseline else "baseline",
+                   "step_seconds": summary["train_seconds"] / max(summary["steps"], 1),
+                   "images_per_s": summary["images_per_s"]}
+            out["settings"][key] = row
+            echo(f"timing {row['setting']}: {row['step_seconds']:.3f} s/step, "
+                 f"{row['images_per_s']:.1f} img/s")
+    cfg = config_from_dict(base)
+    out.update({"environment": environment(cfg), "commit": _git_commit(paths.project),
+                "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    return out

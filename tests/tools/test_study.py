@@ -133,3 +133,20 @@ def test_a_broken_record_is_named(tmp_path):
     (tmp_path / "x.json").write_text("{")
     with pytest.raises(ConfigError, match=r"x\.json: not a study record"):
         load_records(tmp_path)
+
+
+def test_timing_trains_each_distinct_setting_once_for_the_given_steps(project, tmp_path):
+    from frcnn.tools.ablation import timing_key
+    from frcnn.tools.study import time_settings
+
+    base = yaml.safe_load((project / "params.yaml").read_text())
+    grids = {"roi_size": [{"roi.output_size": 5}, {"roi.output_size": 7}]}
+    runs = plan_study(grids, base, None, 2)
+    paths = StudyPaths(project=project, train_json=project / "data/augmented/trainval.json",
+                       test_json=project / "data/processed/test.json",
+                       backbone=project / "models/backbone.pt", records=tmp_path / "r",
+                       workdir=tmp_path / "w")
+    out = time_settings(runs, paths, base, steps=2, echo=lambda _: None)
+    assert out["steps"] == 2 and set(out["settings"]) == {
+        timing_key(base, {}, {}), timing_key(base, {}, {"roi.output_size": 5})}
+    assert all(r["step_seconds"] > 0 and r["images_per_s"] > 0 for r in out["settings"].values())
