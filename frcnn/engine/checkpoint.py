@@ -4,12 +4,16 @@ A checkpoint is a plain dict of tensors and Python primitives, so `torch.load(we
 can read it (no pickle code execution from a file someone sent you):
   model, optimizer: state dicts · step, epoch: ints · config: params.yaml as a nested dict ·
   num_classes, class_names · rng: torch CPU (and CUDA) generator states · history: logged losses ·
-  mlflow_run_id: the run evaluate logs into.
+  mlflow_run_id: the run evaluate logs into · code_digest: the frcnn source that wrote it ·
+  tensors_sha256: a digest of every tensor in it, checked on load (a flipped byte inside a tensor
+  would otherwise load silently).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +35,47 @@ RESUMABLE_TRAIN_KEYS = {"epochs", "max_steps", "checkpoint_every", "log_every", 
 
 
 
+# Keys that only change what a trained model outputs: a rerun of `dvc repro` may differ in them
+# and still continue an interrupted training (see `auto_resume`).
+INFERENCE_ONLY_KEYS = {"rpn.pre_nms_top_n_test", "rpn.post_nms_top_n_test", "roi.score_thresh",
+                       "roi.nms_thresh", "roi.detections_per_img"}
+
+
+@cache
+def code_digest() -> str:
+    """SHA-256 of the frcnn package's .py sources (relative path + bytes, sorted)."""
+    root = Path(__file__).resolve().parents[1]  # the frcnn package
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def tensors_digest(obj: Any) -> str:
+    """SHA-256 over every tensor in a nested dict/list (keys in order), shapes and bytes."""
+    h = hashlib.sha256()
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, torch.Tensor):
+            t = node.detach().cpu().contiguous()
+            h.update(f"{prefix}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(node, dict):
+            for k in sorted(node, key=str):
+                walk(node[k], f"{prefix}/{k}")
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{prefix}/{i}")
+
+    walk(obj, "")
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: a crash mid-write never corrupts the previous file."""
+    """Write `state` to `path` atomically: a crash mid-write never corrupts the previous file.
+    The tensors' digest goes in with them, so a corrupted copy is refused on load."""
+    state = {k: v for k, v in state.items() if k != "tensors_sha256"}
+    state["tensors_sha256"] = tensors_digest(state)
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -43,10 +86,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if isinstance(state, dict) and "tensors_sha256" in state:
+        stored = state["tensors_sha256"]
+        if tensors_digest({k: v for k, v in state.items() if k != "tensors_sha256"}) != stored:
+            raise CheckpointError(f"{path}: corrupted (its tensors no longer match the digest "
+                                  "stored when it was written); train again or restore a copy")
+    return state
 
 
 def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -86,7 +135,7 @@ def save_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Opt
         rng["cuda"] = torch.cuda.get_rng_state_all()
     save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "scaler": scaler.state_dict(), "step": step, "rng": rng,
-                           "history": history, **extra})
+                           "history": history, "code_digest": code_digest(), **extra})
 
 
 def restore_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -107,3 +156,32 @@ def restore_training_state(path: Path, model: nn.Module, optimizer: torch.optim.
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return state["step"], list(state.get("history", []))
+
+
+def auto_resume(path: Path, current_config: dict[str, Any], total_steps: int) -> tuple[bool, str]:
+    """Whether `dvc repro` should continue the training checkpoint at `path`, and why (one line).
+
+    Only an unfinished run of exactly this training: the same code (`code_digest`), every param
+    equal except the inference-only ones and `eval.*`, fewer steps done than the budget. Anything
+    else starts from step 0: a changed budget must never "continue" a finished checkpoint into a
+    run that trains nothing, and a changed param or code must never mix two trainings."""
+    path = Path(path)
+    if not path.exists():
+        return False, f"{path}: no checkpoint yet, training from step 0"
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        return False, f"{exc}; training from step 0"
+    a, b = flatten(state.get("config", {})), flatten(current_config)
+    differ = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+              and k not in INFERENCE_ONLY_KEYS and not k.startswith("eval.")]
+    if differ:
+        shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:3])
+        more = f" (+{len(differ) - 3} more)" if len(differ) > 3 else ""
+        return False, f"{path}: another training's checkpoint ({shown}{more}), training from step 0"
+    if state.get("code_digest") != code_digest():
+        return False, f"{path}: written by other frcnn code, training from step 0"
+    step = int(state.get("step", 0))
+    if step >= total_steps:
+        return False, f"{path}: a finished run ({step} steps), training again from step 0"
+    return True, f"{path}: continuing the interrupted training at step {step}/{total_steps}"

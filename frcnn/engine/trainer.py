@@ -13,8 +13,11 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,38 @@ from frcnn.errors import UserError
 
 
 class NonFiniteLossError(UserError, RuntimeError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+    """Training produced a NaN/inf loss; the last good checkpoint (if any) is kept."""
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM during training: a checkpoint of the last finished step was written."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """While training: SIGINT/SIGTERM only ask the loop to stop after the current step (the list
+    receives the signal number); a second SIGINT stops at once. Outside the main thread (where
+    Python cannot install handlers) nothing changes."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -94,10 +128,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not finite.item():
         bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+        kept = (f"the last good checkpoint {checkpoint_path} is kept" if Path(checkpoint_path).exists()
+                else f"no checkpoint was written before it ({checkpoint_path} does not exist)")
         raise NonFiniteLossError(
             f"step {step}: non-finite loss in {', '.join(bad) or 'total'} "
-            f"({ {k: float(v.detach()) for k, v in losses.items()} }); the last good checkpoint "
-            f"{checkpoint_path} is kept — lower train.lr or raise train.warmup_steps")
+            f"({ {k: float(v.detach()) for k, v in losses.items()} }); {kept} — lower train.lr "
+            "or raise train.warmup_steps")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
@@ -217,33 +253,54 @@ def train(
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (progress and dist_info.is_main),
                dynamic_ncols=True)
     meter = Throughput()
-    while step < total_steps:
-        epoch, start_batch = divmod(step, n_per_epoch)
-        for images, targets in epoch_loader(dataset, collate_fn, cfg, epoch, start_batch,
-                                            dist_info, device):
-            if step >= total_steps:
-                break
-            if cfg.augment.online_flip:
-                images, targets = online_flip(images, targets, cfg.seed, step, dist_info,
-                                              t.batch_size)
-            images, targets = _to_device(images, targets, device)
-            lr = lr_at(step, total_steps, t)
-            loss, losses = train_step(ddp_model, optimizer, scaler, images, targets, lr=lr,
-                                      amp_dtype=amp_dtype, grad_clip=t.grad_clip,
-                                      dist_info=dist_info, step=step,
-                                      checkpoint_path=checkpoint_path)
-            step += 1
-            meter.count(len(images) * dist_info.world_size)
-            bar.update(1)
-            if step % t.log_every == 0 or step == total_steps:
-                history.append(row := {"step": step, "lr": lr, "loss": float(loss.detach()),
-                                       **{k: float(v.detach()) for k, v in losses.items()},
-                                       "images_per_s": meter.window_rate()})
-                bar.set_postfix(loss=f"{row['loss']:.3f}", ips=f"{row['images_per_s']:.1f}")
-                if on_log is not None and dist_info.is_main:
-                    on_log(step, row)
-            if step % t.checkpoint_every == 0 or step == total_steps:
-                save(step)
+    with stop_requests() as stop:
+        while step < total_steps:
+            epoch, start_batch = divmod(step, n_per_epoch)
+            for images, targets in epoch_loader(dataset, collate_fn, cfg, epoch, start_batch,
+                                                dist_info, device):
+                if step >= total_steps:
+                    break
+                if cfg.augment.online_flip:
+                    images, targets = online_flip(images, targets, cfg.seed, step, dist_info,
+                                                  t.batch_size)
+                images, targets = _to_device(images, targets, device)
+                lr = lr_at(step, total_steps, t)
+                loss, losses = train_step(ddp_model, optimizer, scaler, images, targets, lr=lr,
+                                          amp_dtype=amp_dtype, grad_clip=t.grad_clip,
+                                          dist_info=dist_info, step=step,
+                                          checkpoint_path=checkpoint_path)
+                step += 1
+                meter.count(len(images) * dist_info.world_size)
+                bar.update(1)
+                if step % t.log_every == 0 or step == total_steps:
+                    history.append(row := {"step": step, "lr": lr, "loss": float(loss.detach()),
+                                           **{k: float(v.detach()) for k, v in losses.items()},
+                                           "images_per_s": meter.window_rate()})
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", ips=f"{row['images_per_s']:.1f}")
+                    if on_log is not None and dist_info.is_main:
+                        on_log(step, row)
+                if step % t.checkpoint_every == 0 or step == total_steps:
+                    save(step)
+                signum = _stop_signal(stop, dist_info, device)
+                if signum:
+                    if step % t.checkpoint_every and step != total_steps:
+                        save(step)
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"interrupted by {signal.Signals(signum).name} after step {step}/{total_steps}: "
+                        f"checkpoint saved to {checkpoint_path}; `frcnn train --resume` (or `dvc repro`, "
+                        "with the same params) continues from it", signum)
     bar.close()
     return TrainResult(step=step, history=history, seconds=meter.seconds(),
                        images_per_s=meter.total_rate())
+
+
+def _stop_signal(stop: list[int], dist_info: DistInfo, device: torch.device) -> int:
+    """The signal that asks this run to stop, agreed by all ranks (0: none): every rank must save
+    at the same step, since saving gathers their RNG states."""
+    signum = stop[0] if stop else 0
+    if dist_info.world_size > 1:
+        flag = torch.tensor([signum], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum

@@ -44,9 +44,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, object]:
 
 
 def fail(exc: BaseException) -> None:
-    """`error: <message>` on stderr, exit status 2."""
+    """`error: <message>` on stderr, exit status 2 (or the error's own `exit_code`, e.g. 130 for
+    a training stopped by Ctrl-C)."""
     typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=getattr(exc, "exit_code", 2))
 
 
 @contextlib.contextmanager

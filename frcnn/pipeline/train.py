@@ -6,6 +6,7 @@ Under `torchrun` every rank runs this; rank 0 alone tracks and writes files.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,9 +15,11 @@ import typer
 
 from frcnn.config import Config
 from frcnn.data.dataset import DetectionDataset, collate_fn
+from frcnn.engine.checkpoint import auto_resume as decide_auto_resume
 from frcnn.engine.checkpoint import check_compatible, load_checkpoint
 from frcnn.engine.device import seed_everything
-from frcnn.engine.distributed import init_distributed
+from frcnn.engine.distributed import init_distributed, steps_per_epoch
+from frcnn.errors import CheckpointError
 from frcnn.engine.pretrain import load_pretrained_backbone
 from frcnn.engine.trainer import TrainResult, train
 from frcnn.fileio import atomic_write_csv, atomic_write_json
@@ -44,8 +47,13 @@ def summarise(result: TrainResult, world_size: int) -> dict[str, Any]:
 
 
 def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, reports: Path,
-        resume: bool = False, project: Path = Path(".")) -> dict[str, Any]:
-    """Train on `train_json`; returns the summary written to `reports/summary.json`."""
+        resume: bool = False, auto_resume: bool = False, project: Path = Path(".")
+        ) -> dict[str, Any]:
+    """Train on `train_json`; returns the summary written to `reports/summary.json`.
+
+    `resume`: continue the checkpoint (by hand: the budget may have grown; an error when there is
+    none). `auto_resume` (what `dvc repro` runs): continue it only if it is an unfinished run of
+    exactly this training (`checkpoint.auto_resume`), else start from step 0, saying why."""
     dist_info = init_distributed(cfg.train.device)
     try:
         seed_everything(cfg.seed)  # the same initial weights on every rank
@@ -55,6 +63,15 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
         if dist_info.rank:
             seed_everything(cfg.seed + dist_info.rank)  # each rank samples anchors/RoIs its own way
         checkpoint = Path(checkpoint)
+        if resume and not checkpoint.exists():
+            raise CheckpointError(f"--resume: {checkpoint}: no checkpoint to continue (drop "
+                                  "--resume to train from step 0)")
+        if auto_resume and not resume:
+            total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(
+                len(dataset), cfg.train.batch_size, dist_info.world_size)
+            resume, why = decide_auto_resume(checkpoint, cfg.to_dict(), total)
+            if dist_info.is_main:
+                print(why, file=sys.stderr)
         run_id = resumed_run_id(cfg, checkpoint, resume)
         tracker = Tracker.disabled()
         if dist_info.is_main:
@@ -87,6 +104,9 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
 
 def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
             resume: Annotated[bool, typer.Option(help="continue from the checkpoint")] = False,
+            auto_resume: Annotated[bool, typer.Option(
+                help="continue the checkpoint only if it is an unfinished run of exactly these "
+                     "params and code, else start over (what `dvc repro` runs)")] = False,
             data: Annotated[Path, typer.Option(help="training split (COCO JSON)")] = Path("data/augmented/trainval.json"),
             backbone: Annotated[Path, typer.Option(help="pretrain's output (used when pretrain.steps > 0)")] = Path("models/backbone.pt"),
             checkpoint: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("models/model.pt"),
@@ -96,7 +116,7 @@ def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
     cfg = load(params, set_)
     with user_errors(ValueError):
         run(cfg, train_json=data, backbone=backbone, checkpoint=checkpoint, reports=reports,
-            resume=resume)
+            resume=resume, auto_resume=auto_resume)
 
 
 if __name__ == "__main__":

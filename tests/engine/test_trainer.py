@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from frcnn.engine.distributed import DistInfo, EpochBatches
 from frcnn.engine.inference import to_coco_results
 from frcnn.engine.schedule import lr_at
 from frcnn.data.flip import hflip
-from frcnn.engine.trainer import NonFiniteLossError, train
+from frcnn.engine.trainer import NonFiniteLossError, TrainingInterrupted, train
 from frcnn.errors import CheckpointError
 from frcnn.model.build import build_model
 
@@ -183,3 +185,86 @@ def test_load_checkpoint_names_a_corrupt_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"model\.pt: not a readable checkpoint"):
         load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_a_checkpoint_at_the_step_it_came_and_resuming_equals_no_interruption(
+        tmp_path, signum, code):
+    full, res_full = _run(tiny_config(max_steps=6, checkpoint_every=100), tmp_path / "a.pt")
+    cfg = tiny_config(max_steps=6, checkpoint_every=100)
+    seed_everything(0)
+    model = build_model(cfg, num_classes=2)
+
+    def interrupt(step, row):
+        if step == 2:  # a real signal, delivered to this process mid-training
+            os.kill(os.getpid(), signum)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(model, TinyShapes(), collate, cfg, tmp_path / "b.pt", progress=False, on_log=interrupt)
+    assert info.value.exit_code == code
+    assert f"interrupted by {signal.Signals(signum).name} after step 2/6: checkpoint saved to" in str(info.value)
+    assert load_checkpoint(tmp_path / "b.pt")["step"] == 2  # not a multiple of checkpoint_every
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    resumed, res = _run(cfg, tmp_path / "b.pt", resume=True)
+    assert res.step == 6
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_auto_resume_continues_only_an_unfinished_run_of_the_same_params_and_code(tmp_path, monkeypatch):
+    from frcnn.engine import checkpoint as ckpt
+
+    path = tmp_path / "m.pt"
+    cfg = tiny_config(max_steps=6)
+    assert ckpt.auto_resume(path, cfg.to_dict(), 6) == (False, f"{path}: no checkpoint yet, training from step 0")
+    _run(tiny_config(max_steps=3), path)  # a finished 3-step run
+    ok, why = ckpt.auto_resume(path, tiny_config(max_steps=3).to_dict(), 3)
+    assert not ok and "a finished run (3 steps)" in why
+    # a larger budget is another training (the schedule depends on it), not a continuation
+    ok, why = ckpt.auto_resume(path, cfg.to_dict(), 6)
+    assert not ok and "train.max_steps: 3 -> 6" in why
+    # an interrupted run of the same params continues, whatever the inference-only keys say
+    state = load_checkpoint(path)
+    state["step"] = 2
+    ckpt.save_checkpoint(path, state)
+    same = config_from_dict(tiny_config(max_steps=3).to_dict(), {"roi.score_thresh": 0.5})
+    assert ckpt.auto_resume(path, same.to_dict(), 3) == (
+        True, f"{path}: continuing the interrupted training at step 2/3")
+    monkeypatch.setattr(ckpt, "code_digest", lambda: "other")
+    ok, why = ckpt.auto_resume(path, same.to_dict(), 3)
+    assert not ok and "written by other frcnn code" in why
+    path.write_bytes(b"junk")
+    ok, why = ckpt.auto_resume(path, same.to_dict(), 3)
+    assert not ok and "not a readable checkpoint" in why
+
+
+def test_a_byte_flipped_inside_a_tensor_is_refused_on_load(tmp_path):
+    import zipfile
+
+    path = tmp_path / "m.pt"
+    _run(tiny_config(max_steps=1), path)
+    with zipfile.ZipFile(path) as zf:
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26: info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28: info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size // 2] ^= 0xFF  # inside the largest tensor's bytes
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"m\.pt: corrupted \(its tensors no longer match"):
+        load_checkpoint(path)
+
+
+def test_the_nan_message_says_when_no_checkpoint_exists_yet(tmp_path, monkeypatch):
+    cfg = tiny_config(max_steps=6, checkpoint_every=100)
+    seed_everything(0)
+    model = build_model(cfg, num_classes=2)
+    original = model.roi_heads.forward
+
+    def poisoned(*args, **kwargs):
+        out, losses = original(*args, **kwargs)
+        return out, {**losses, "loss_classifier": losses["loss_classifier"] * float("inf")}
+
+    monkeypatch.setattr(model.roi_heads, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"no checkpoint was written before it"):
+        train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False)
