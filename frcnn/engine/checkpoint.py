@@ -78,7 +78,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     state["tensors_sha256"] = tensors_digest(state)
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), immediate=True)  # resumable the moment it exists
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -18,7 +18,7 @@ import typer
 from frcnn.config import Config
 from frcnn.data.augment import augmented_copies, build_pipeline
 from frcnn.errors import DataError
-from frcnn.fileio import atomic_write_json, staged_dir
+from frcnn.fileio import atomic_write_json, check_writable, staged_dir, transaction
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 from frcnn.plots.data import plot_augment_preview
 from frcnn.progress import progress_bar
@@ -50,7 +50,9 @@ def run(cfg: Config, *, processed_dir: Path, out_dir: Path, preview_png: Path,
         return image_id
 
     preview: list[tuple[int, list[int]]] = []  # (original id, copy ids) for the preview
-    with staged_dir(out_dir) as staging:
+    source_bytes = sum((processed_dir / im["file_name"]).stat().st_size for im in coco["images"])
+    check_writable(out_dir, preview_png, need_bytes=int(1.5 * copies * source_bytes) + 2**20)
+    with transaction(), staged_dir(out_dir) as staging:
         (staging / "images").mkdir()
         bar = progress_bar(coco["images"], enabled=progress, desc="augment", unit="img")
         for index, im in enumerate(bar):
@@ -72,7 +74,8 @@ def run(cfg: Config, *, processed_dir: Path, out_dir: Path, preview_png: Path,
         atomic_write_json(staging / "trainval.json", out, indent=None)
         atomic_write_json(staging / "pipeline.json",
                           {**A.to_dict(pipeline), "seed": cfg.augment.seed, "copies": copies})
-    plot_augment_preview(out_dir / "trainval.json", preview, Path(preview_png))
+        # drawn from the staged copy: the folder and the preview land together or not at all
+        plot_augment_preview(staging / "trainval.json", preview, Path(preview_png))
     summary = {"images": len(images), "originals": len(coco["images"]),
                "copies": len(images) - len(coco["images"]), "objects": len(annotations)}
     print(f"augment: {summary['originals']} originals + {summary['copies']} copies, "

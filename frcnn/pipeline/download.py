@@ -22,7 +22,7 @@ from frcnn.data.download import (
     source_of,
 )
 from frcnn.errors import DataError
-from frcnn.fileio import atomic_write_json, staged_dir
+from frcnn.fileio import atomic_write_json, check_writable, staged_dir
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 
 
@@ -38,6 +38,7 @@ def run(cfg: Config, *, raw_dir: Path, cache_dir: Path, retries: int = 4, backof
         print(f"download: {raw_dir} already holds {d.dataset} (manifest matches); nothing to do")
         return existing
 
+    check_writable(raw_dir, cache_dir / "probe")
     with staged_dir(raw_dir) as staging:
         splits, roots, notes = gather_raw(d, staging, cache_dir, retries, backoff, timeout,
                                           progress)
@@ -53,6 +54,11 @@ def run(cfg: Config, *, raw_dir: Path, cache_dir: Path, retries: int = 4, backof
         atomic_write_json(staging / MANIFEST, manifest)
     for note in notes:
         print(f"download: {note}")
+    files = [p for p in raw_dir.rglob("*") if p.is_file()]
+    print(f"download: {d.dataset} -> {raw_dir}: {len(files)} files, "
+          f"{sum(p.stat().st_size for p in files) / 2**20:.1f} MB, splits "
+          + ", ".join(f"{split} ({len(entries)} list{'s' if len(entries) > 1 else ''})"
+                      for split, entries in splits.items()))
     return manifest
 
 

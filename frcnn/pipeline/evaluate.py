@@ -26,7 +26,7 @@ from frcnn.evaluation.coco import coco_metrics
 from frcnn.evaluation.errors import tide_breakdown
 from frcnn.evaluation.tables import pr_curves_table, write_per_class_csv
 from frcnn.evaluation.voc import voc_metrics
-from frcnn.fileio import atomic_write_csv, atomic_write_json
+from frcnn.fileio import atomic_write_csv, atomic_write_json, check_writable, transaction
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 from frcnn.pipeline.tracking import start_stage_run
 from frcnn.plots.evaluation import plot_detection_grid, plot_errors, plot_pr_curves
@@ -71,22 +71,24 @@ def run(cfg: Config, *, test_json: Path, checkpoint: Path, reports: Path, detect
     AP50 down by error type (TIDE), write `reports/{metrics.json, errors.json, per_class_ap.csv,
     pr_curves.csv, pr_curves.png, errors.png, detections.png}` and
     `detections`; log them to the MLflow run of `project`'s store that trained the checkpoint."""
+    check_writable(detections, reports / "metrics.json", need_bytes=2**23)
     state = load_checkpoint(checkpoint)
     results, preview, names, _ = detect(cfg, test_json, checkpoint)
     gt = json.loads(Path(test_json).read_text())
     metrics, coco, voc = score(gt, results)
     errors = tide_breakdown(gt, results)
-    atomic_write_json(detections, results, sort_keys=True)
-    atomic_write_json(reports / "metrics.json", metrics, sort_keys=True)
-    atomic_write_json(reports / "errors.json", errors, sort_keys=True)
-    plot_errors(errors, reports / "errors.png")
-    write_per_class_csv(reports / "per_class_ap.csv", coco, voc, names)
-    atomic_write_csv(reports / "pr_curves.csv", pr_curves_table(voc, names))
-    plot_pr_curves(voc, names, reports / "pr_curves.png")
-    plot_detection_grid([(img * 255).byte().permute(1, 2, 0).numpy() for img, _, _ in preview],
-                        [{k: v.numpy() for k, v in d.items()} for _, _, d in preview],
-                        [{"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy()}
-                         for _, t, _ in preview], names, reports / "detections.png")
+    with transaction():  # every output lands together, or none does
+        atomic_write_json(detections, results, sort_keys=True)
+        atomic_write_json(reports / "metrics.json", metrics, sort_keys=True)
+        atomic_write_json(reports / "errors.json", errors, sort_keys=True)
+        plot_errors(errors, reports / "errors.png")
+        write_per_class_csv(reports / "per_class_ap.csv", coco, voc, names)
+        atomic_write_csv(reports / "pr_curves.csv", pr_curves_table(voc, names))
+        plot_pr_curves(voc, names, reports / "pr_curves.png")
+        plot_detection_grid([(img * 255).byte().permute(1, 2, 0).numpy() for img, _, _ in preview],
+                            [{k: v.numpy() for k, v in d.items()} for _, _, d in preview],
+                            [{"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy()}
+                             for _, t, _ in preview], names, reports / "detections.png")
     tracker = start_stage_run(project, cfg, "evaluate", run_id=state.get("mlflow_run_id") or None)
     with tracker:
         tracker.log_metrics({k: float(v) for k, v in metrics.items() if not math.isnan(v)})

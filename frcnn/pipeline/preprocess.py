@@ -23,7 +23,7 @@ from frcnn.data.preprocess import (
     summarise,
     to_coco,
 )
-from frcnn.fileio import atomic_write_json, staged_dir
+from frcnn.fileio import atomic_write_json, check_writable, staged_dir, transaction
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 from frcnn.plots.data import plot_preview, plot_summary
 
@@ -32,6 +32,7 @@ def run(cfg: Config, *, raw_dir: Path, out_dir: Path, summary_json: Path, summar
         preview_png: Path, progress: bool = True) -> dict[str, Any]:
     """Convert `raw_dir` to COCO JSON in `out_dir` and write the data report; returns the summary."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    check_writable(out_dir, summary_json, summary_png, preview_png, need_bytes=2**20)
     manifest = load_manifest(raw_dir)
     report = Report()
     parsed = parse_splits(raw_dir, manifest, report)  # pass 1: the class list may need them all
@@ -41,12 +42,13 @@ def run(cfg: Config, *, raw_dir: Path, out_dir: Path, summary_json: Path, summar
              for split, rows in parsed.items()}
     stats = {split: split_stats(parsed[split], cocos[split], class_names) for split in cocos}
     summary = summarise(manifest["dataset"], class_names, stats, report)
-    with staged_dir(out_dir) as staging:
-        for split in SPLITS:
-            atomic_write_json(staging / f"{split}.json", cocos[split], indent=None)
-    atomic_write_json(summary_json, summary)
-    plot_summary(cocos, class_names, Path(summary_png))
-    plot_preview(out_dir / "trainval.json", Path(preview_png))
+    with transaction():  # the folder and the three reports land together or not at all
+        with staged_dir(out_dir) as staging:
+            for split in SPLITS:
+                atomic_write_json(staging / f"{split}.json", cocos[split], indent=None)
+            plot_preview(staging / "trainval.json", Path(preview_png))
+        atomic_write_json(summary_json, summary)
+        plot_summary(cocos, class_names, Path(summary_png))
     for split, s in stats.items():
         print(f"preprocess: {split}: {s['images']} of {s['images_listed']} listed images, "
               f"{s['objects']} objects ({s['difficult']} difficult)")

@@ -15,13 +15,14 @@ import typer
 from frcnn.config import Config
 from frcnn.engine.checkpoint import save_checkpoint
 from frcnn.engine.pretrain import pretrain_backbone, pretrain_key
-from frcnn.fileio import atomic_write_json
+from frcnn.fileio import atomic_write_json, check_writable
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 
 
 def run(cfg: Config, *, trainval_json: Path, backbone: Path, summary_json: Path,
         progress: bool = True) -> dict[str, Any]:
     """Pretrain the backbone on `trainval_json`'s object crops -> `backbone`, `summary_json`."""
+    check_writable(backbone, summary_json, need_bytes=2**26 if cfg.pretrain.steps else 0)
     weights, summary = None, {"steps": 0}
     if cfg.pretrain.steps:
         weights, summary = pretrain_backbone(cfg, trainval_json, progress=progress)

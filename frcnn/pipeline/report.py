@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from frcnn.config import Config
-from frcnn.fileio import atomic_write_text
+from frcnn.fileio import atomic_write_text, check_writable
 from frcnn.pipeline.command import ParamsOpt, load, stage_main, user_errors
 
 PUBLISHED = [  # the reference design's baseline table: published numbers, VOC2007 test, AP50 %
@@ -26,6 +26,7 @@ PUBLISHED = [  # the reference design's baseline table: published numbers, VOC20
 def run(cfg: Config, *, metrics_json: Path, per_class_csv: Path, train_summary_json: Path,
         out: Path) -> Path:
     """Write `out` (markdown) from the evaluate and train stages' outputs; returns `out`."""
+    check_writable(out)
     metrics = json.loads(Path(metrics_json).read_text())
     train_summary = json.loads(Path(train_summary_json).read_text())
     per_class = list(csv.DictReader(io.StringIO(Path(per_class_csv).read_text())))

@@ -22,7 +22,7 @@ from frcnn.engine.distributed import init_distributed, steps_per_epoch
 from frcnn.errors import CheckpointError
 from frcnn.engine.pretrain import load_pretrained_backbone
 from frcnn.engine.trainer import TrainResult, train
-from frcnn.fileio import atomic_write_csv, atomic_write_json
+from frcnn.fileio import atomic_write_csv, atomic_write_json, check_writable, transaction
 from frcnn.model.build import build_model
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 from frcnn.pipeline.tracking import Tracker, start_stage_run
@@ -63,6 +63,9 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
         if dist_info.rank:
             seed_everything(cfg.seed + dist_info.rank)  # each rank samples anchors/RoIs its own way
         checkpoint = Path(checkpoint)
+        if dist_info.is_main:  # weights + AdamW's two moments, the new file beside the old one
+            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            check_writable(checkpoint, reports / "loss.csv", need_bytes=6 * weight_bytes + 2**24)
         if resume and not checkpoint.exists():
             raise CheckpointError(f"--resume: {checkpoint}: no checkpoint to continue (drop "
                                   "--resume to train from step 0)")
@@ -87,8 +90,9 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
             if not dist_info.is_main:
                 return {}
             summary = summarise(result, dist_info.world_size)
-            atomic_write_csv(reports / "loss.csv", result.history)
-            atomic_write_json(reports / "summary.json", summary, sort_keys=True)
+            with transaction():
+                atomic_write_csv(reports / "loss.csv", result.history)
+                atomic_write_json(reports / "summary.json", summary, sort_keys=True)
             tracker.log_metrics({f"train.{k}": v for k, v in summary.items()})
             if pretrained:
                 tracker.log_metrics({f"pretrain.{k}": v for k, v in pretrained.items()
