@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from frcnn.config import AugmentConfig
+from frcnn.data.image_io import load_rgb
 from frcnn.errors import DataError
 
 LABEL_FIELDS = ["labels", "difficult", "truncated"]
@@ -78,8 +79,7 @@ def augmented_copies(pipeline: A.Compose, path: Path, anns: list[dict[str, Any]]
     """`copies` augmented variants of image `path` (COCO image `im`, annotations `anns`), saved
     as JPEGs in `images_dir`; per copy its COCO image entry and annotations (ids unset)."""
     try:
-        with Image.open(path) as pil:
-            pixels = np.asarray(pil.convert("RGB"))
+        pixels = np.asarray(load_rgb(path))
     except OSError as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from frcnn.data.flip import hflip
+from frcnn.data.image_io import load_rgb
 from frcnn.errors import DataError
 
 Target = dict[str, Any]
@@ -86,8 +86,7 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         im = self.images[index]
         try:
-            with Image.open(im["path"]) as pil:
-                pixels = np.asarray(pil.convert("RGB"))  # uint8 (H, W, 3)
+            pixels = np.asarray(load_rgb(im["path"]))  # uint8 (H, W, 3), as displayed
         except OSError as exc:
             raise DataError(f"{im['path']}: cannot read image ({exc})") from None
         # Converted in numpy, not torch: torch's multi-threaded cast of a permuted view is

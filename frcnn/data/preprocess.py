@@ -16,7 +16,8 @@ file name, and in its counts):
 - an image (or annotation) path that resolves outside the VOC root's JPEGImages/ (Annotations/)
   folder, however spelled (an absolute `<filename>`, `..`, a symlink pointing out) -> the image is
   skipped (`images_skipped`), the resolved path named: nothing outside the dataset is read;
-- XML `<size>` different from the JPEG's -> the JPEG's size is used (`size_mismatches`).
+- XML `<size>` different from the JPEG's as displayed (EXIF orientation applied, as everywhere
+  images are read) -> the JPEG's size is used (`size_mismatches`, saying when a rotation explains it).
 The class list: `data.classes` if set, else VOC's 20 classes for voc2007/voc0712, else the sorted
 names found in all annotation files.
 """
@@ -33,6 +34,7 @@ from typing import Any
 from PIL import Image
 
 from frcnn.config import DataConfig
+from frcnn.data.image_io import displayed_size, orientation
 from frcnn.data.voc import (
     VOC_CLASSES,
     AnnotationError,
@@ -76,15 +78,17 @@ def read_ids(path: Path) -> list[str]:
         raise DataError(f"{path}: cannot read split list ({exc.strerror or exc})") from None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image, after decoding it fully: a truncated JPEG raises OSError."""
+def image_size(path: Path) -> tuple[int, int, int]:
+    """(width, height) of an image as displayed (EXIF orientation applied) and that orientation,
+    after decoding it fully: a truncated JPEG raises OSError."""
     with Image.open(path) as im:
         w, h = im.size
+        exif = orientation(im)
         # Decode at reduced scale (JPEG DCT scaling): a fraction of the cost, and a cut-off
         # file still runs out of data and raises.
         im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
         im.load()
-    return w, h
+    return (*displayed_size((w, h), exif), exif)
 
 
 def _image_path(root_dir: Path, image_id: str, ann: VocAnnotation) -> tuple[Path, str]:
@@ -108,10 +112,20 @@ def _shown(path: Path, raw_dir: Path) -> str:
     return os.path.relpath(path, raw_dir)
 
 
+def _rotation_note(exif: int, width: int, height: int, ann: VocAnnotation) -> str:
+    """For an EXIF-rotated image, how its displayed and stored sizes relate to the XML's."""
+    if exif == 1:
+        return ""
+    stored = displayed_size((width, height), exif)  # swapping back: the transposition inverts itself
+    hint = ("which the XML matches: were the boxes drawn on the unrotated image?"
+            if stored == (ann.width, ann.height) else "which the XML does not match either")
+    return f" as displayed (EXIF orientation {exif}; stored {stored[0]}x{stored[1]}, {hint})"
+
+
 def _checked_image(raw_dir: Path, root: str, image_id: str, ann: VocAnnotation, rel_xml: str,
-                   split: str, report: Report) -> tuple[Path, int, int] | None:
-    """(image file, width, height) of an annotation, or None (reported) when its image lies
-    outside `<root>/JPEGImages`, is missing or cannot be decoded."""
+                   split: str, report: Report) -> tuple[Path, int, int, int] | None:
+    """(image file, displayed width, height, EXIF orientation) of an annotation, or None
+    (reported) when its image lies outside `<root>/JPEGImages`, is missing or cannot be decoded."""
     jpg, spelling = _image_path(raw_dir / root, image_id, ann)
     real = _outside(jpg, raw_dir / root / "JPEGImages")
     if real is not None:
@@ -119,7 +133,7 @@ def _checked_image(raw_dir: Path, root: str, image_id: str, ann: VocAnnotation, 
                    f"outside {root}/JPEGImages; skipped")
         return None
     try:
-        width, height = image_size(jpg)
+        width, height, exif = image_size(jpg)
     except FileNotFoundError:
         report.add("images_skipped", _shown(jpg, raw_dir), split, "image file missing")
         return None
@@ -127,7 +141,7 @@ def _checked_image(raw_dir: Path, root: str, image_id: str, ann: VocAnnotation, 
         report.add("images_skipped", _shown(jpg, raw_dir), split,
                    f"unreadable or truncated image ({exc})")
         return None
-    return jpg, width, height
+    return jpg, width, height, exif
 
 
 def _convert_objects(ann: VocAnnotation, width: int, height: int, classes: dict[str, int],
@@ -245,11 +259,12 @@ def to_coco(split: str, rows: list[tuple[str, str, VocAnnotation | None]], raw_d
         checked = _checked_image(raw_dir, root, image_id, ann, rel_xml, split, report)
         if checked is None:
             continue
-        jpg, width, height = checked
+        jpg, width, height, exif = checked
         if (ann.width, ann.height) != (width, height) and ann.width is not None:
             report.add("size_mismatches", rel_xml, split,
                        f"XML size {ann.width}x{ann.height} differs from the image's "
-                       f"{width}x{height}; using the image's")
+                       f"{width}x{height}{_rotation_note(exif, width, height, ann)}; "
+                       "using the image's")
         objects = _convert_objects(ann, width, height, classes, unknown_class,
                                    rel_xml, split, report)
         image_index = len(images) + 1

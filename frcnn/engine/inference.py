@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from frcnn.config import Config, ConfigError, config_from_dict
+from frcnn.data.image_io import load_rgb
 from frcnn.engine.checkpoint import load_checkpoint
 from frcnn.errors import CheckpointError
 from frcnn.model.build import build_model
@@ -75,8 +76,7 @@ def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
 def read_image(path: Path) -> torch.Tensor:
     """An image file -> (3, H, W) float in [0, 1]; raises ValueError naming the file."""
     try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        rgb = np.asarray(load_rgb(path), dtype=np.float32) / 255.0  # EXIF orientation applied
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from None
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from frcnn.config import Config, TrainConfig
 from frcnn.data.dataset import DetectionDataset
+from frcnn.data.image_io import load_rgb
 from frcnn.engine.checkpoint import load_checkpoint
 from frcnn.engine.schedule import lr_at
 from frcnn.errors import CheckpointError, DataError
@@ -60,8 +61,7 @@ def object_crops(gt_json: Path, crop_size: int, context: float) -> Crops:
         if not len(im["labels"]):
             continue
         try:
-            with Image.open(im["path"]) as pil:
-                image = pil.convert("RGB")
+            image = load_rgb(im["path"])
         except OSError as exc:
             raise DataError(f"{im['path']}: cannot read image ({exc})") from None
         for (x0, y0, x1, y1), label in zip(im["boxes"].tolist(), im["labels"].tolist()):

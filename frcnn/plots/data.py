@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from frcnn.data.image_io import load_rgb
 from frcnn.fileio import atomic_savefig
 from frcnn.plots.draw import draw_boxes, plt, show_image
 
@@ -70,7 +70,7 @@ def plot_preview(json_path: Path, path: Path, n: int = 12, cols: int = 4) -> Non
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, im in zip(axes.flat, images):
-        pixels = np.asarray(Image.open(Path(json_path).parent / im["file_name"]).convert("RGB"))
+        pixels = np.asarray(load_rgb(Path(json_path).parent / im["file_name"]))
         show_image(ax, pixels, title=im.get("voc_id", str(im["id"])))
         for a in by_image.get(im["id"], []):
             x, y, w, h = a["bbox"]
@@ -97,7 +97,7 @@ def plot_augment_preview(json_path: Path, rows: list[tuple[int, list[int]]], pat
     for r, (orig, copy_ids) in enumerate(rows):
         for c, image_id in enumerate([orig, *copy_ids]):
             im = images[image_id]
-            pixels = np.asarray(Image.open(Path(json_path).parent / im["file_name"]).convert("RGB"))
+            pixels = np.asarray(load_rgb(Path(json_path).parent / im["file_name"]))
             show_image(axes[r, c], pixels, title="original" if c == 0 else f"copy {c - 1}")
             for a in anns.get(image_id, []):
                 x, y, w, h = a["bbox"]

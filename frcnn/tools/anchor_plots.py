@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from PIL import Image
 
 from frcnn.config import Config
+from frcnn.data.image_io import load_rgb
 from frcnn.fileio import atomic_savefig
 from frcnn.model.backbone import backbone_stride
 from frcnn.ops.anchors import anchor_scales_px, base_anchors, grid_anchors
@@ -26,8 +26,7 @@ def plot_anchors(cfg: Config, gt: dict, image_root: Path, index: int, path: Path
     h, w = img_info["height"], img_info["width"]
     scale = min(m.min_size / min(h, w), m.max_size / max(h, w))
     size = (int(round(h * scale)), int(round(w * scale)))
-    with Image.open(image_root / img_info["file_name"]) as im:
-        image = np.asarray(im.convert("RGB").resize((size[1], size[0])))
+    image = np.asarray(load_rgb(image_root / img_info["file_name"]).resize((size[1], size[0])))
     sub = {"images": [img_info], "annotations": [a for a in gt["annotations"]
                                                  if a["image_id"] == img_info["id"]]}
     boxes = next((b for b, _ in resized_gt(sub, m.min_size, m.max_size)), torch.zeros(0, 4))
