@@ -174,8 +174,8 @@ def _emit_loader(records: list[dict[str, Any]], base: Config, quick: bool) -> No
                        "device": "cpu", "note": "training images/s from the train_step figure"})
 
 
-def run_bench(quick: bool, out_dir: Path = Path("reports"),
-              config_path: Path = Path("params.yaml")) -> list[dict[str, Any]]:
+def run_bench(quick: bool, out_dir: Path = Path("reports"), config_path: Path = Path("params.yaml"),
+              overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run every figure, print one line each, write `out_dir`/benchmarks.{md,json}; the records.
 
     --quick (about 2 minutes on 2 CPU cores): fewer repeats (resnet50: 1 warm-up + 2 timed train
@@ -183,7 +183,8 @@ def run_bench(quick: bool, out_dir: Path = Path("reports"),
     profiler, evaluation on 1000 images instead of 5000, data loader over 64 images.
     """
     t_start = time.perf_counter()
-    base = load_config(config_path) if Path(config_path).is_file() else config_from_dict({})
+    base = (load_config(config_path, overrides) if Path(config_path).is_file()
+            else config_from_dict({}, overrides))
     meta = machine_info()
     meta["quick"] = quick
     print(f"frcnn bench{' --quick' if quick else ''}: {meta['cpu']}, {meta['threads']} threads, "

@@ -215,7 +215,7 @@ def compare(out: Annotated[Path, typer.Option(help="output folder")] = Path("rep
 
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="~2 minutes on 2 CPU cores")] = False,
-          params: ParamsOpt = Path("params.yaml"),
+          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
           out: Annotated[Path, typer.Option(help="output folder")] = Path("reports")) -> None:
     """Ours vs torchvision's Faster R-CNN (same backbone, anchors, heads): time and memory ratios."""
     import frcnn
@@ -227,7 +227,9 @@ def bench(quick: Annotated[bool, typer.Option(help="~2 minutes on 2 CPU cores")]
     sys.path.insert(0, str(repo))
     from benchmarks.bench import run_bench
 
-    run_bench(quick, out_dir=out, config_path=params)
+    with user_errors():
+        overrides = parse_overrides(set_)
+    run_bench(quick, out_dir=out, config_path=params, overrides=overrides)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -48,6 +48,13 @@ def test_help_lists_every_command(runner: CliRunner) -> None:
     assert "--resume" in train.stdout and "--set" in train.stdout and "--params" in train.stdout
 
 
+@pytest.mark.parametrize("command", [[n] for n in STAGES + ["predict", "ablate", "compare", "bench"]]
+                         + [["anchors", "analyze"], ["anchors", "show"]])
+def test_every_command_that_reads_params_takes_set(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "--set" in result.stdout and "--params" in result.stdout
+
+
 @pytest.mark.parametrize("command", [["download"], ["preprocess"], ["augment"], ["train"],
                                      ["evaluate"], ["anchors", "analyze"], ["anchors", "show"]])
 def test_a_bad_param_is_one_error_line_and_exit_2(runner: CliRunner, tmp_path: Path,

@@ -138,6 +138,27 @@ def save_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Opt
                            "history": history, "code_digest": code_digest(), **extra})
 
 
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """`model.load_state_dict(weights)`, or a CheckpointError that says what does not fit: the
+    missing and unexpected keys and the tensors of another shape (a few of each)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+              for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+
+    parts = [f"{len(missing)} missing ({some(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({some(unexpected)})" if unexpected else "",
+             f"{len(shapes)} of another shape ({some(shapes)})" if shapes else ""]
+    if any(parts):
+        raise CheckpointError(f"{path}: its weights do not fit the model its config builds: "
+                              + "; ".join(p for p in parts if p))
+    model.load_state_dict(weights)
+
+
 def restore_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                            scaler: torch.amp.GradScaler, current_config: dict[str, Any],
                            rank: int) -> tuple[int, list[dict[str, float]]]:
@@ -145,7 +166,7 @@ def restore_training_state(path: Path, model: nn.Module, optimizer: torch.optim.
     model, optimizer, scaler and this rank's RNG; returns (step, history)."""
     state = load_checkpoint(path, map_location="cpu")
     check_compatible(path, state, current_config)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     optimizer.load_state_dict(state["optimizer"])
     if "scaler" in state:
         scaler.load_state_dict(state["scaler"])

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from frcnn.config import Config, ConfigError, config_from_dict
 from frcnn.data.image_io import load_rgb
-from frcnn.engine.checkpoint import load_checkpoint
+from frcnn.engine.checkpoint import load_checkpoint, load_weights
 from frcnn.errors import CheckpointError
 from frcnn.model.build import build_model
 from frcnn.model.faster_rcnn import FasterRCNN
@@ -56,11 +56,7 @@ def load_detector(checkpoint: Path, device: torch.device | str = "cpu",
         roi = dataclasses.replace(roi, **{k: getattr(inference.roi, k) for k in INFERENCE_ROI_KEYS})
     cfg = dataclasses.replace(cfg, model=model_cfg, rpn=rpn, roi=roi)
     model = build_model(cfg, num_classes=state["num_classes"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint}: weights do not fit its own config "
-                              f"({str(exc).splitlines()[0]})") from None
+    load_weights(model, state["model"], checkpoint)
     return model.eval().to(device), list(state["class_names"])
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,6 +78,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     images_per_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def make_optimizer(params: list[nn.Parameter], t: TrainConfig) -> torch.optim.Optimizer:
@@ -253,6 +255,7 @@ def train(
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (progress and dist_info.is_main),
                dynamic_ncols=True)
     meter = Throughput()
+    warnings: list[str] = []
     with stop_requests() as stop:
         while step < total_steps:
             epoch, start_batch = divmod(step, n_per_epoch)
@@ -277,6 +280,10 @@ def train(
                                            **{k: float(v.detach()) for k, v in losses.items()},
                                            "images_per_s": meter.window_rate()})
                     bar.set_postfix(loss=f"{row['loss']:.3f}", ips=f"{row['images_per_s']:.1f}")
+                    warning = divergence_warning(history)
+                    if warning and dist_info.is_main and warning not in warnings:
+                        warnings.append(warning)
+                        tqdm.write(warning, file=sys.stderr)
                     if on_log is not None and dist_info.is_main:
                         on_log(step, row)
                 if step % t.checkpoint_every == 0 or step == total_steps:
@@ -292,7 +299,23 @@ def train(
                         "with the same params) continues from it", signum)
     bar.close()
     return TrainResult(step=step, history=history, seconds=meter.seconds(),
-                       images_per_s=meter.total_rate())
+                       images_per_s=meter.total_rate(), warnings=warnings)
+
+
+DIVERGENCE_FACTOR = 100.0
+
+
+def divergence_warning(history: list[dict[str, float]]) -> str:
+    """A warning once the logged loss exceeds `DIVERGENCE_FACTOR` times the first logged loss:
+    still finite, so training goes on, but almost certainly diverging. "" otherwise."""
+    if len(history) < 2:
+        return ""
+    first, last = history[0]["loss"], history[-1]["loss"]
+    if first > 0 and last > DIVERGENCE_FACTOR * first:
+        return (f"train: warning: loss {last:.3g} at step {int(history[-1]['step'])} is "
+                f"{last / first:.0f}x its first logged value ({first:.3g}): diverging; lower "
+                "train.lr or raise train.warmup_steps (train.grad_clip caps the step, not the loss)")
+    return ""
 
 
 def _stop_signal(stop: list[int], dist_info: DistInfo, device: torch.device) -> int:

@@ -52,6 +52,24 @@ def detect(cfg: Config, test_json: Path, checkpoint: Path
     return results, preview, names, len(dataset)
 
 
+def architecture_note(checkpoint: Path, trained: dict[str, Any], cfg: Config) -> str:
+    """One line when params.yaml's model differs from the checkpoint's: the checkpoint's is used
+    (only the inference-only keys come from the params)."""
+    from frcnn.config import flatten
+    from frcnn.engine.checkpoint import INFERENCE_ONLY_KEYS
+
+    a, b = flatten(trained), flatten(cfg.to_dict())
+    keys = [k for k in sorted(set(a) | set(b)) if k.split(".")[0] in ("model", "anchors", "rpn", "roi")
+            and k not in INFERENCE_ONLY_KEYS and k not in ("rpn.nms_thresh", "rpn.min_box_size")
+            and a.get(k) != b.get(k)]
+    if not keys:
+        return ""
+    shown = "; ".join(f"{k}={a.get(k)!r} (params: {b.get(k)!r})" for k in keys[:4])
+    more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
+    return (f"evaluate: {checkpoint} was trained with {shown}{more}: the checkpoint's architecture "
+            "is used; only the inference-only keys come from the params")
+
+
 def score(gt: dict[str, Any], results: list[dict[str, Any]]
           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The metrics of metrics.json for COCO `results` on `gt`, and the full COCO and VOC outputs."""
@@ -73,6 +91,9 @@ def run(cfg: Config, *, test_json: Path, checkpoint: Path, reports: Path, detect
     `detections`; log them to the MLflow run of `project`'s store that trained the checkpoint."""
     check_writable(detections, reports / "metrics.json", need_bytes=2**23)
     state = load_checkpoint(checkpoint)
+    note = architecture_note(checkpoint, state.get("config", {}), cfg)
+    if note:
+        print(note, file=sys.stderr)
     results, preview, names, _ = detect(cfg, test_json, checkpoint)
     gt = json.loads(Path(test_json).read_text())
     metrics, coco, voc = score(gt, results)

@@ -25,6 +25,8 @@ import torch
 import typer
 from PIL import Image
 
+from frcnn.config import config_from_dict
+from frcnn.engine.checkpoint import load_checkpoint
 from frcnn.engine.inference import (
     detections_to_json,
     iter_image_files,
@@ -33,7 +35,7 @@ from frcnn.engine.inference import (
 )
 from frcnn.fileio import atomic_savefig, atomic_write_json
 from frcnn.model.faster_rcnn import FasterRCNN
-from frcnn.pipeline.command import user_errors
+from frcnn.pipeline.command import ParamsOpt, SetOpt, load, parse_overrides, user_errors
 from frcnn.plots.draw import draw_boxes, plt, show_image
 
 FIGURE_KEY = "frcnn-predict-input"  # PNG text chunk: the resolved input a drawn figure shows
@@ -152,10 +154,18 @@ def predict_files(model: FasterRCNN, class_names: list[str], paths: Iterable[Pat
 def command(paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
             checkpoint: Annotated[Path, typer.Option(help="trained checkpoint")] = Path("models/model.pt"),
             conf: Annotated[float, typer.Option(help="minimum score to keep")] = 0.5,
-            out: Annotated[Path, typer.Option(help="output folder")] = Path("predictions")) -> None:
-    """Detect objects in images: a JSON of detections and a drawn PNG per image."""
+            out: Annotated[Path, typer.Option(help="output folder")] = Path("predictions"),
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Detect objects in images: a JSON of detections and a drawn PNG per image. The model is the
+    checkpoint's; the inference-only keys (rpn.*_test, roi.score_thresh/nms_thresh/
+    detections_per_img) come from --params when that file exists, then from --set."""
     with user_errors():
-        model, names = load_detector(checkpoint)
+        if params.is_file():
+            inference = load(params, set_)
+        else:  # outside a project: the checkpoint's own settings, plus --set
+            inference = config_from_dict(load_checkpoint(checkpoint).get("config", {}),
+                                         parse_overrides(set_))
+        model, names = load_detector(checkpoint, inference=inference)
     written, errors, notes = predict_files(model, names, paths, out, conf=conf)
     for line in errors:
         typer.echo(f"skipped: {line}", err=True)

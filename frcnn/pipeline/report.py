@@ -13,7 +13,7 @@ import typer
 
 from frcnn.config import Config
 from frcnn.fileio import atomic_write_text, check_writable
-from frcnn.pipeline.command import ParamsOpt, load, stage_main, user_errors
+from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 
 PUBLISHED = [  # the reference design's baseline table: published numbers, VOC2007 test, AP50 %
     ("R-CNN (Selective Search + AlexNet, fc7 + box regression; R-CNN paper, Table 2)", 58.5,
@@ -55,12 +55,12 @@ def run(cfg: Config, *, metrics_json: Path, per_class_csv: Path, train_summary_j
     return Path(out)
 
 
-def command(params: ParamsOpt = Path("params.yaml"),
+def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
             reports: Annotated[Path, typer.Option(help="folder of the evaluate stage's outputs")] = Path("reports"),
             train_reports: Annotated[Path, typer.Option(help="folder of the train stage's outputs")] = Path("reports/train"),
             ) -> None:
     """This run's report: reports/report.md (metrics, per-class AP, published baselines)."""
-    cfg = load(params, None)
+    cfg = load(params, set_)
     with user_errors(OSError, ValueError):
         path = run(cfg, metrics_json=reports / "metrics.json",
                    per_class_csv=reports / "per_class_ap.csv",

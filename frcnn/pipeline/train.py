@@ -41,9 +41,12 @@ def resumed_run_id(cfg: Config, checkpoint: Path, resume: bool) -> str | None:
 def summarise(result: TrainResult, world_size: int) -> dict[str, Any]:
     """reports/train/summary.json's content."""
     last = result.history[-1] if result.history else {}
-    return {"steps": result.step, "train_seconds": round(result.seconds, 1),
-            "images_per_s": round(result.images_per_s, 2),
-            "final_loss": round(last.get("loss", float("nan")), 4), "world_size": world_size}
+    summary = {"steps": result.step, "train_seconds": round(result.seconds, 1),
+               "images_per_s": round(result.images_per_s, 2),
+               "final_loss": round(last.get("loss", float("nan")), 4), "world_size": world_size}
+    if result.warnings:  # e.g. a diverging loss: kept beside the numbers it puts in doubt
+        summary["warnings"] = result.warnings
+    return summary
 
 
 def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, reports: Path,
@@ -93,7 +96,10 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
             with transaction():
                 atomic_write_csv(reports / "loss.csv", result.history)
                 atomic_write_json(reports / "summary.json", summary, sort_keys=True)
-            tracker.log_metrics({f"train.{k}": v for k, v in summary.items()})
+            tracker.log_metrics({f"train.{k}": v for k, v in summary.items()
+                                 if isinstance(v, (int, float))})
+            if result.warnings:
+                tracker.set_tags({"train.warnings": " | ".join(result.warnings)})
             if pretrained:
                 tracker.log_metrics({f"pretrain.{k}": v for k, v in pretrained.items()
                                      if isinstance(v, (int, float))})

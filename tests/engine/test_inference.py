@@ -230,3 +230,21 @@ def test_a_users_file_in_the_output_folder_survives(checkpoint: Path, tmp_path: 
     assert json.loads((out / "x-2.json").read_text())["image"] == str(tmp_path / "src" / "x.png")
     assert "renamed: " in rerun.stderr and rerun.stderr.count("\n") == 1
     assert other.stderr.count("renamed: ") == 1 and "x-3" in other.stderr
+
+
+def test_predict_takes_the_inference_keys_from_set(checkpoint: Path, images: Path, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the checkpoint's settings, then --set
+    runner = CliRunner()
+    counts = {}
+    for limit in ("100", "1"):
+        out = tmp_path / f"out{limit}"
+        result = runner.invoke(app, ["predict", str(images / "a.png"), "--checkpoint", str(checkpoint),
+                                     "--conf", "0", "--out", str(out),
+                                     "--set", f"roi.detections_per_img={limit}"])
+        assert result.exit_code == 0, result.output
+        counts[limit] = len(json.loads((out / "a.json").read_text())["detections"])
+    assert counts["1"] == 1 < counts["100"]
+    bad = runner.invoke(app, ["predict", str(images / "a.png"), "--checkpoint", str(checkpoint),
+                              "--set", "roi.score_thresh=2"])
+    assert bad.exit_code == 2 and "roi.score_thresh" in bad.stderr

@@ -268,3 +268,37 @@ def test_the_nan_message_says_when_no_checkpoint_exists_yet(tmp_path, monkeypatc
     monkeypatch.setattr(model.roi_heads, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"no checkpoint was written before it"):
         train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False)
+
+
+def test_a_loss_that_explodes_but_stays_finite_is_flagged(tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(max_steps=5)
+    seed_everything(0)
+    model = build_model(cfg, num_classes=2)
+    original, calls = model.roi_heads.forward, {"n": 0}
+
+    def exploding(*args, **kwargs):
+        calls["n"] += 1
+        out, losses = original(*args, **kwargs)
+        scale = 1e9 if calls["n"] >= 4 else 1.0
+        return out, {k: v * scale for k, v in losses.items()}
+
+    monkeypatch.setattr(model.roi_heads, "forward", exploding)
+    result = train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False)
+    assert result.step == 5 and len(result.warnings) == 2  # steps 4 and 5, each said once
+    assert "train: warning: loss" in result.warnings[0] and "at step 4" in result.warnings[0]
+    assert "diverging" in capsys.readouterr().err
+
+
+def test_a_state_dict_that_does_not_fit_is_named_key_by_key(tmp_path):
+    from frcnn.engine.checkpoint import load_weights
+
+    model = build_model(tiny_config(), num_classes=2)
+    weights = dict(model.state_dict())
+    weights.pop("rpn.head.conv.weight")
+    weights["extra.bias"] = torch.zeros(1)
+    weights["roi_heads.predictor.cls_score.weight"] = torch.zeros(7, 3)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(build_model(tiny_config(), num_classes=2), weights, tmp_path / "m.pt")
+    message = str(info.value)
+    assert "1 missing (rpn.head.conv.weight)" in message and "1 unexpected (extra.bias)" in message
+    assert "roi_heads.predictor.cls_score.weight (7, 3) in the file" in message

@@ -191,3 +191,19 @@ def test_tracking_root_leaves_dvc_experiment_temp_copies(tmp_path: Path) -> None
     assert tracking_root(tmp_path / ".dvc/tmp/exps/tmpabc/sub") == tmp_path.resolve()
     assert tracking_root(tmp_path / "proj") == (tmp_path / "proj").resolve()
     assert tracking_root(tmp_path / ".dvc/tmp") == (tmp_path / ".dvc/tmp").resolve()
+
+
+def test_evaluate_says_when_the_checkpoints_architecture_overrides_the_params():
+    from frcnn.config import config_from_dict
+    from frcnn.pipeline.evaluate import architecture_note
+
+    trained = config_from_dict({}).to_dict()
+    assert architecture_note(Path("m.pt"), trained, config_from_dict({})) == ""
+    # inference-only keys are the params' to set: no note
+    assert architecture_note(Path("m.pt"), trained,
+                             config_from_dict({}, {"roi.score_thresh": 0.5})) == ""
+    note = architecture_note(Path("m.pt"), trained,
+                             config_from_dict({}, {"model.backbone": "resnet50", "roi.output_size": 14}))
+    assert note.startswith("evaluate: m.pt was trained with model.backbone='resnet18_c4' "
+                           "(params: 'resnet50')") and "roi.output_size=7 (params: 14)" in note
+    assert "the checkpoint's architecture is used" in note
