@@ -187,7 +187,7 @@ def test_internal_links_and_voc_roots(tmp_path):
 # ---------------------------------------------------------------- the stage
 
 
-def test_download_url_end_to_end_then_reuse(tmp_path, file_server):
+def test_download_url_end_to_end_then_reuse(tmp_path, file_server, capsys):
     data = voc_tree_bytes(tmp_path, "MyData/VOCdevkit/MINE",
                           {"trainval": ["im0", "im1", "im2"], "test": ["im3", "im4"]})
     url = file_server.serve("/datasets/mine.tar.gz", data)
@@ -201,6 +201,10 @@ def test_download_url_end_to_end_then_reuse(tmp_path, file_server):
     assert json.loads((raw / "manifest.json").read_text()) == manifest
     assert (raw / "MyData/VOCdevkit/MINE/JPEGImages/im0.jpg").is_file()
     assert leftovers(tmp_path) == [] and leftovers(cache) == []
+    # a successful download says what it wrote
+    summary = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith(f"download: url -> {raw}:")]
+    assert summary and "files" in summary[0] and "splits trainval (1 list), test (1 list)" in summary[0]
 
     download.run(cfg, raw_dir=raw, cache_dir=cache, **FAST)  # present and verified: no request at all
     assert file_server.routes["/datasets/mine.tar.gz"].hits == 1

@@ -181,6 +181,13 @@ def test_resume_continues_and_refuses_a_changed_objective(
     client = mlflow.MlflowClient(tracking_uri=_sqlite(proj))
     runs = client.search_runs([client.get_experiment_by_name("frcnn").experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
+
+    # --resume without a checkpoint: an error, not a silent start at step 0
+    none = runner.invoke(app, ["train", "--resume", "--checkpoint", "models/none.pt"])
+    assert none.exit_code == 2
+    assert none.stderr.strip() == ("error: --resume: models/none.pt: no checkpoint to continue "
+                                   "(drop --resume to train from step 0)")
+    assert not Path("models/none.pt").exists()
     # a refused resume must not mark the finished run as failed
     assert runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
