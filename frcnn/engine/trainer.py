@@ -53,7 +53,7 @@ class TrainingInterrupted(UserError):
 def stop_requests() -> Iterator[list[int]]:
     """While training: SIGINT/SIGTERM only ask the loop to stop after the current step (the list
     receives the signal number); a second SIGINT stops at once. Outside the main thread (where
-    Python cannot install handlers) nothing changes."""
+    Python cannot install handlers), and for a signal the process ignores, nothing changes."""
     requested: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield requested
@@ -64,7 +64,10 @@ def stop_requests() -> Iterator[list[int]]:
             raise KeyboardInterrupt
         requested.append(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the caller ignores (a background job's SIGINT, `nohup`) stays ignored
+    watched = [sig for sig in (signal.SIGINT, signal.SIGTERM)
+               if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, handler) for sig in watched}
     try:
         yield requested
     finally:

@@ -190,6 +190,15 @@ def test_load_checkpoint_names_a_corrupt_file(tmp_path):
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_a_checkpoint_at_the_step_it_came_and_resuming_equals_no_interruption(
         tmp_path, signum, code):
+    # as in a terminal (a background or nohup'd pytest inherits SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _check_signal(tmp_path, signum, code)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_signal(tmp_path, signum, code):
     full, res_full = _run(tiny_config(max_steps=6, checkpoint_every=100), tmp_path / "a.pt")
     cfg = tiny_config(max_steps=6, checkpoint_every=100)
     seed_everything(0)
@@ -302,3 +311,16 @@ def test_a_state_dict_that_does_not_fit_is_named_key_by_key(tmp_path):
     message = str(info.value)
     assert "1 missing (rpn.head.conv.weight)" in message and "1 unexpected (extra.bias)" in message
     assert "roi_heads.predictor.cls_score.weight (7, 3) in the file" in message
+
+
+def test_a_signal_the_process_ignores_stays_ignored(tmp_path):
+    cfg = tiny_config(max_steps=4, checkpoint_every=100)
+    seed_everything(0)
+    model = build_model(cfg, num_classes=2)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job, `nohup`
+    try:
+        result = train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False,
+                       on_log=lambda step, row: os.kill(os.getpid(), signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.step == 4
