@@ -329,7 +329,9 @@ def to_markdown(sections: list[dict[str, Any]], test_only: list[dict[str, Any]],
     lines = ["# Ablations (measured here)", "",
              f"From {context['source']}. Environment: {context['env']}. Budget: "
              f"{context['budget']} training steps for every run, baseline included. "
-             f"{context['excluded']}",
+             f"{context['excluded']}", "",
+             f"**Progress**: {context['runs']} run(s) recorded; {context['complete']} of "
+             f"{context['settings']} distinct settings have the 3 seeds a verdict needs.",
              "", "Each cell: mean ± sample std over seeds. Δ: the paired difference to the baseline "
              "over the seeds both have, with its 95 % Student-t interval in brackets. COCO AP "
              "(pycocotools, 101-point) and VOC07 AP50 (11-point, devkit rules) are different "
@@ -460,7 +462,11 @@ def build_report(runs: Sequence[dict[str, Any]], grids: dict[str, list[dict[str,
         sections.append({"grid": name, "rows": rows, "expected": q.get("expected", ""),
                          "claims": check_claims(chosen, base, q, extra, timing)})
     tests = inference_only_table(chosen, base, extra) if group is None else []
-    context = {"source": source, "env": env, "budget": budget,
+    distinct = {json.dumps(config_from_dict(base, {**extra, **st}).to_dict(), sort_keys=True): st
+                for sec in grids.values() for st in sec}
+    complete = sum(len(runs_of(chosen, base, st, extra)) >= 3 for st in distinct.values())
+    context = {"source": source, "env": env, "budget": budget, "runs": len(chosen),
+               "settings": len(distinct), "complete": complete,
                "excluded": (f"{others} run(s) from other environments are left out." if others
                             else "")}
     markdown = to_markdown(sections, tests, context)
