@@ -206,3 +206,17 @@ def auto_resume(path: Path, current_config: dict[str, Any], total_steps: int) ->
     if step >= total_steps:
         return False, f"{path}: a finished run ({step} steps), training again from step 0"
     return True, f"{path}: continuing the interrupted training at step {step}/{total_steps}"
+
+
+def resume_copy(project_root: Path, current_config: dict[str, Any]) -> Path | None:
+    """Where the train stage keeps a copy of its latest checkpoint, for a rerun whose workspace
+    lost `models/` (a queued `dvc exp run` trains in a temporary copy of the project that is
+    deleted when it fails): `<project>/.dvc/tmp/frcnn-resume/<digest>.pt`, the digest of the
+    training params and the code. None outside a DVC project."""
+    dvc_dir = Path(project_root) / ".dvc"
+    if not dvc_dir.is_dir():
+        return None
+    flat = {k: v for k, v in flatten(current_config).items()
+            if k not in INFERENCE_ONLY_KEYS and not k.startswith("eval.")}
+    digest = hashlib.sha256((repr(sorted(flat.items())) + code_digest()).encode()).hexdigest()
+    return dvc_dir / "tmp" / "frcnn-resume" / f"{digest[:20]}.pt"

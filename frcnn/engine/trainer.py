@@ -35,6 +35,7 @@ from frcnn.engine.device import autocast_dtype, select_device
 from frcnn.engine.distributed import DistInfo, EpochBatches, steps_per_epoch
 from frcnn.engine.schedule import lr_at
 from frcnn.errors import UserError
+from frcnn.fileio import atomic_write_bytes
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -227,11 +228,13 @@ def train(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     dist_info: DistInfo | None = None,
     progress: bool = True,
+    mirror_path: Path | None = None,
 ) -> TrainResult:
     """Train `model` on `dataset` per `cfg.train`; checkpoints go to `checkpoint_path`.
 
     `extra_state` (class names, MLflow run id ...) is stored in every checkpoint. `on_log(step,
-    row)` receives each logged row (MLflow). Raises NonFiniteLossError on a NaN/inf loss.
+    row)` receives each logged row (MLflow). `mirror_path`: every checkpoint is also copied there.
+    Raises NonFiniteLossError on a NaN/inf loss, TrainingInterrupted on SIGINT/SIGTERM.
     """
     t = cfg.train
     dist_info = dist_info or DistInfo()
@@ -253,6 +256,8 @@ def train(
     def save(at_step: int) -> None:
         save_training_state(checkpoint_path, model, optimizer, scaler, at_step, history,
                             {"config": cfg.to_dict(), **(extra_state or {})}, dist_info)
+        if mirror_path is not None and dist_info.is_main:  # a copy that outlives the workspace
+            atomic_write_bytes(mirror_path, Path(checkpoint_path).read_bytes(), immediate=True)
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (progress and dist_info.is_main),

@@ -16,16 +16,22 @@ import typer
 from frcnn.config import Config
 from frcnn.data.dataset import DetectionDataset, collate_fn
 from frcnn.engine.checkpoint import auto_resume as decide_auto_resume
-from frcnn.engine.checkpoint import check_compatible, load_checkpoint
+from frcnn.engine.checkpoint import check_compatible, load_checkpoint, resume_copy
 from frcnn.engine.device import seed_everything
 from frcnn.engine.distributed import init_distributed, steps_per_epoch
-from frcnn.errors import CheckpointError
 from frcnn.engine.pretrain import load_pretrained_backbone
 from frcnn.engine.trainer import TrainResult, train
-from frcnn.fileio import atomic_write_csv, atomic_write_json, check_writable, transaction
+from frcnn.errors import CheckpointError
+from frcnn.fileio import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    check_writable,
+    transaction,
+)
 from frcnn.model.build import build_model
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
-from frcnn.pipeline.tracking import Tracker, start_stage_run
+from frcnn.pipeline.tracking import Tracker, start_stage_run, tracking_root
 
 
 def resumed_run_id(cfg: Config, checkpoint: Path, resume: bool) -> str | None:
@@ -72,12 +78,22 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
         if resume and not checkpoint.exists():
             raise CheckpointError(f"--resume: {checkpoint}: no checkpoint to continue (drop "
                                   "--resume to train from step 0)")
+        mirror = resume_copy(tracking_root(project), cfg.to_dict()) if auto_resume else None
         if auto_resume and not resume:
             total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(
                 len(dataset), cfg.train.batch_size, dist_info.world_size)
             resume, why = decide_auto_resume(checkpoint, cfg.to_dict(), total)
+            if not resume and mirror is not None and mirror.is_file():
+                # this workspace lost its checkpoint (a queued experiment's temporary copy):
+                # the copy kept in the project continues it, under the same rules
+                resume, from_copy = decide_auto_resume(mirror, cfg.to_dict(), total)
+                if resume and dist_info.is_main:
+                    atomic_write_bytes(checkpoint, mirror.read_bytes(), immediate=True)
+                    why = f"{from_copy} (the copy kept for reruns, -> {checkpoint})"
             if dist_info.is_main:
                 print(why, file=sys.stderr)
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()  # every rank reads the restored checkpoint
         run_id = resumed_run_id(cfg, checkpoint, resume)
         tracker = Tracker.disabled()
         if dist_info.is_main:
@@ -89,9 +105,11 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
                                         "mlflow_run_id": tracker.run_id or ""},
                            on_log=lambda step, row: tracker.log_metrics(
                                {k: v for k, v in row.items() if k != "step"}, step=step),
-                           dist_info=dist_info)
+                           dist_info=dist_info, mirror_path=mirror)
             if not dist_info.is_main:
                 return {}
+            if mirror is not None:  # finished: the checkpoint is the stage's output now
+                mirror.unlink(missing_ok=True)
             summary = summarise(result, dist_info.world_size)
             with transaction():
                 atomic_write_csv(reports / "loss.csv", result.history)

@@ -99,3 +99,65 @@ def test_a_killed_dvc_repro_continues_from_its_checkpoint_and_ends_as_if_never_s
     assert longer.returncode == 0, longer.stdout + longer.stderr
     assert f"train.max_steps: {STEPS} -> {STEPS + 4}" in longer.stderr + longer.stdout
     assert json.loads((cut / "reports/train/summary.json").read_text())["steps"] == STEPS + 4
+
+
+def _train_interrupted(workspace: Path, at_step: int) -> tuple[int, str]:
+    """`python stages/train.py --auto-resume` in `workspace`, SIGINT once `at_step` is logged."""
+    cmd = [sys.executable, str(REPO / "stages/train.py"), "--auto-resume"]
+    proc = subprocess.Popen(cmd, cwd=workspace, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(64), "")))
+    reader.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        steps = [int(s) for s in re.findall(rf"train:.*?\b(\d+)/{STEPS}\b", "".join(out))]
+        if steps and max(steps) >= at_step:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    return proc.returncode, "".join(out)
+
+
+def test_a_queued_experiment_killed_mid_train_continues_in_its_next_temporary_copy(tmp_path):
+    """A queued `dvc exp run` trains in `<project>/.dvc/tmp/exps/<tmp>/`, deleted when it fails:
+    the checkpoint copy kept under the project's .dvc/tmp lets the next copy continue."""
+    from tests.tiny_project import build_project
+
+    project = build_project(tmp_path / "project", params=_tiny_study_params())
+    (project / ".dvc" / "tmp" / "exps").mkdir(parents=True)
+
+    def workspace(name: str) -> Path:
+        ws = project / ".dvc" / "tmp" / "exps" / name
+        ws.mkdir()
+        shutil.copy(project / "params.yaml", ws / "params.yaml")
+        os.symlink(project / "data", ws / "data")
+        return ws
+
+    whole = workspace("whole")
+    done = subprocess.run([sys.executable, str(REPO / "stages/train.py"), "--auto-resume"],
+                          cwd=whole, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = torch.load(whole / "models/model.pt", weights_only=True)["model"]
+    assert not list((project / ".dvc/tmp/frcnn-resume").glob("*.pt"))  # finished: no copy left
+
+    first = workspace("first")
+    code, output = _train_interrupted(first, at_step=10)
+    assert code == 130, output[-2000:]
+    shutil.rmtree(first)  # what DVC does with a failed experiment's copy
+    second = workspace("second")
+    again = subprocess.run([sys.executable, str(REPO / "stages/train.py"), "--auto-resume"],
+                           cwd=second, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continuing the interrupted training at step" in again.stderr
+    assert "the copy kept for reruns" in again.stderr
+    got = torch.load(second / "models/model.pt", weights_only=True)["model"]
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def _tiny_study_params() -> dict:
+    params = tiny_params()
+    params["train"].update(max_steps=STEPS, checkpoint_every=1000, log_every=5)
+    return params
