@@ -282,7 +282,7 @@ def execute(run: StudyRun, key: str, paths: StudyPaths) -> Path:
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(run.params, sort_keys=False))
     ckpt = run_dir / "model.pt"
     _stage(paths, run_dir, "train.py",
-           ["--resume", "--data", str(paths.train_json), "--backbone", str(paths.backbone),
+           ["--auto-resume", "--data", str(paths.train_json), "--backbone", str(paths.backbone),
             "--checkpoint", str(ckpt), "--reports", str(run_dir / "train")], run)
     _stage(paths, run_dir, "evaluate.py",
            ["--checkpoint", str(ckpt), "--test", str(paths.test_json),
