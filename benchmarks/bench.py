@@ -43,6 +43,7 @@ from benchmarks.timing import (alternate, emit, format_value, make_infer, make_t
                                ratio_record)
 from frcnn.config import Config, config_from_dict, load_config
 from frcnn.model.faster_rcnn import count_parameters
+from frcnn.tools.study import cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,14 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def machine_info() -> dict[str, Any]:
     import torchvision
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "torchvision": torchvision.__version__}
     try:

@@ -117,6 +117,17 @@ def plan_study(grids: dict[str, list[dict[str, Any]]], base: dict[str, Any], gri
 # ------------------------------------------------------------------ what decides the numbers
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
+
+
 def environment(cfg: Config) -> dict[str, Any]:
     """What decides a run's bits besides params, data and code."""
     import torch
@@ -124,17 +135,9 @@ def environment(cfg: Config) -> dict[str, Any]:
     from frcnn.engine.device import autocast_dtype, select_device
 
     dtype = autocast_dtype(select_device(cfg.train.device), cfg.train.amp)
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "train_precision": str(dtype).removeprefix("torch.") if dtype else "float32",
-            "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "device": select_device(cfg.train.device).type}
 
 
@@ -279,7 +282,7 @@ def execute(run: StudyRun, key: str, paths: StudyPaths) -> Path:
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(run.params, sort_keys=False))
     ckpt = run_dir / "model.pt"
     _stage(paths, run_dir, "train.py",
-           ["--resume", "--data", str(paths.train_json), "--backbone", str(paths.backbone),
+           ["--auto-resume", "--data", str(paths.train_json), "--backbone", str(paths.backbone),
             "--checkpoint", str(ckpt), "--reports", str(run_dir / "train")], run)
     _stage(paths, run_dir, "evaluate.py",
            ["--checkpoint", str(ckpt), "--test", str(paths.test_json),

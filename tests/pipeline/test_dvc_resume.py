@@ -52,9 +52,10 @@ def _repro(root: Path) -> subprocess.CompletedProcess[str]:
                           timeout=600)
 
 
-def _repro_interrupted(root: Path, at_step: int) -> tuple[int, str]:
-    """`dvc repro`, Ctrl-C'd once training has logged `at_step` steps -> (exit code, output)."""
-    proc = subprocess.Popen([_dvc(), "repro"], cwd=root, env=_env(), stdout=subprocess.PIPE,
+def _interrupted(cmd: list[str], cwd: Path, at_step: int) -> tuple[int, str]:
+    """Run `cmd` in its own process group and Ctrl-C it (SIGINT to the group, as a terminal
+    does) once training has logged `at_step` steps -> (exit code, output)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(64), "")))
@@ -63,12 +64,16 @@ def _repro_interrupted(root: Path, at_step: int) -> tuple[int, str]:
     while time.monotonic() < deadline and proc.poll() is None:
         steps = [int(s) for s in re.findall(rf"train:.*?\b(\d+)/{STEPS}\b", "".join(out))]
         if steps and max(steps) >= at_step:
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            os.killpg(proc.pid, signal.SIGINT)
             break
         time.sleep(0.05)
     proc.wait(timeout=120)
     reader.join(timeout=10)
     return proc.returncode, "".join(out)
+
+
+def _repro_interrupted(root: Path, at_step: int) -> tuple[int, str]:
+    return _interrupted([_dvc(), "repro"], root, at_step)
 
 
 def test_a_killed_dvc_repro_continues_from_its_checkpoint_and_ends_as_if_never_stopped(tmp_path):
@@ -102,23 +107,8 @@ def test_a_killed_dvc_repro_continues_from_its_checkpoint_and_ends_as_if_never_s
 
 
 def _train_interrupted(workspace: Path, at_step: int) -> tuple[int, str]:
-    """`python stages/train.py --auto-resume` in `workspace`, SIGINT once `at_step` is logged."""
-    cmd = [sys.executable, str(REPO / "stages/train.py"), "--auto-resume"]
-    proc = subprocess.Popen(cmd, cwd=workspace, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(64), "")))
-    reader.start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        steps = [int(s) for s in re.findall(rf"train:.*?\b(\d+)/{STEPS}\b", "".join(out))]
-        if steps and max(steps) >= at_step:
-            os.killpg(proc.pid, signal.SIGINT)
-            break
-        time.sleep(0.05)
-    proc.wait(timeout=120)
-    reader.join(timeout=10)
-    return proc.returncode, "".join(out)
+    return _interrupted([sys.executable, str(REPO / "stages/train.py"), "--auto-resume"],
+                        workspace, at_step)
 
 
 def test_a_queued_experiment_killed_mid_train_continues_in_its_next_temporary_copy(tmp_path):
