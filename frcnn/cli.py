@@ -7,13 +7,14 @@ key for this run only, e.g. `frcnn train --set loss.lambda=10 --set train.max_st
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from frcnn.errors import DataError
+from frcnn.errors import ConfigError, DataError
 from frcnn.pipeline import (
     augment,
     download,
@@ -152,6 +153,48 @@ def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml
         written = run_study(runs, paths, echo=typer.echo,
                             analyse=lambda run, run_dir, _rec: analyse(run, run_dir, paths, test_only))
     typer.echo(f"{len(written)} new record(s) in {records}: `frcnn compare` tabulates them")
+
+
+@app.command()
+def exp(preset: Annotated[str | None, typer.Argument(help="a preset of presets.yaml")] = None,
+        set_: SetOpt = None,
+        dry_run: Annotated[bool, typer.Option(help="print the dvc exp run command, run nothing")] = False,
+        list_: Annotated[bool, typer.Option("--list", help="the presets, what the references report, their cost")] = False,
+        name: Annotated[str | None, typer.Option(help="experiment name (default: the preset's)")] = None,
+        queue: Annotated[bool, typer.Option(help="queue it (dvc exp run --queue) instead of running")] = False,
+        presets_file: Annotated[Path, typer.Option("--presets", help="preset file")] = Path("presets.yaml"),
+        params: ParamsOpt = Path("params.yaml"),
+        ) -> None:
+    """Run a named recipe (e.g. `frcnn exp voc07-r50c4`) as one `dvc exp run -n NAME -S ...`."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from frcnn.tools.presets import describe, load_presets
+
+    with user_errors(OSError, yaml.YAMLError):
+        presets = load_presets(presets_file)
+        if list_ or preset is None:
+            typer.echo("\n\n".join(describe(p) for p in presets.values()))
+            return
+        if preset not in presets:
+            raise ConfigError(f"{preset}: not a preset of {presets_file} (known: "
+                              f"{', '.join(presets)})")
+        chosen, extra = presets[preset], parse_overrides(set_)
+        cfg = chosen.config(yaml.safe_load(Path(params).read_text()) or {}, extra)
+    from frcnn.model.build import recipe_warnings
+
+    for line in recipe_warnings(cfg):
+        typer.echo(f"exp: warning: {line}", err=True)
+    command = chosen.command(extra, name) + (["--queue"] if queue else [])
+    if dry_run:
+        typer.echo(shlex.join(command))
+        return
+    # the dvc beside this Python (the venv's) when the shell's PATH has none
+    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+    typer.echo(f"exp: {shlex.join(command)}", err=True)
+    raise typer.Exit(subprocess.call([dvc, *command[1:]]))
 
 
 @app.command()

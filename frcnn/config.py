@@ -38,6 +38,16 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveMD5Config:
+    # The VOC archives' expected MD5s; null = the published ones (frcnn/data/download.py). Set
+    # them, with data.mirrors, to run a VOC preset against other archives (a rehearsal, a mirror
+    # that repacked them).
+    voc2007_trainval: str | None = None
+    voc2007_test: str | None = None
+    voc2012_trainval: str | None = None
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: Literal["synth", "voc2007", "voc0712", "url"] = "synth"
     url: str | None = None
@@ -45,6 +55,7 @@ class DataConfig:
     mirrors: tuple[str, ...] = ()
     unknown_class: Literal["error", "drop"] = "error"
     classes: tuple[str, ...] | None = None
+    archive_md5: ArchiveMD5Config = field(default_factory=ArchiveMD5Config)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -65,9 +76,11 @@ class ModelConfig:
     backbone: Literal["resnet18_c4", "resnet50", "resnet50_c4"] = "resnet18_c4"
     pretrained: bool = False
     num_classes: int = 0
-    min_size: int = 256
+    min_size: int = 256  # short side at test time, and in training unless min_size_train is set
     max_size: int = 320
-    frozen_bn: bool = False
+    # multi-scale training: one short side drawn per batch from this list (empty = min_size)
+    min_size_train: tuple[int, ...] = ()
+    frozen_bn: bool | None = None  # None: frozen exactly when `pretrained`
     freeze_stem: bool = False
 
 
@@ -147,6 +160,8 @@ class TrainConfig:
     step_gamma: float = 0.1
     grad_clip: float = 10.0
     amp: bool = True
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    nonfinite_patience: int = 25
     num_workers: int = 0
     checkpoint_every: int = 500
     log_every: int = 10

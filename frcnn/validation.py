@@ -20,11 +20,17 @@ def _check(cond: bool, key: str, problem: str) -> None:
         raise ConfigError(f"{key}: {problem}")
 
 
+def _is_md5(value: str | None) -> bool:
+    return value is None or (len(value) == 32 and all(c in "0123456789abcdefABCDEF" for c in value))
+
+
 def _check_data(cfg: Config) -> None:
     d = cfg.data
     _check(d.dataset != "url" or bool(d.url), "data.url", "required when data.dataset is url")
-    _check(d.md5 is None or (len(d.md5) == 32 and all(c in "0123456789abcdefABCDEF" for c in d.md5)),
-           "data.md5", "must be 32 hex digits")
+    _check(_is_md5(d.md5), "data.md5", "must be 32 hex digits")
+    for name in ("voc2007_trainval", "voc2007_test", "voc2012_trainval"):
+        _check(_is_md5(getattr(d.archive_md5, name)), f"data.archive_md5.{name}",
+               "must be 32 hex digits or null")
     _check(d.classes is None or len(d.classes) == len(set(d.classes)) > 0, "data.classes",
            "must be a non-empty list of distinct names")
     _check(d.synth.num_trainval > 0 and d.synth.num_test > 0, "data.synth", "image counts must be > 0")
@@ -55,6 +61,7 @@ def _check_model(cfg: Config) -> None:
     _check(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0 = from the dataset)")
     _check(m.min_size >= 32, "model.min_size", "must be >= 32")
     _check(m.max_size >= m.min_size, "model.max_size", "must be >= model.min_size")
+    _check(all(s >= 32 for s in m.min_size_train), "model.min_size_train", "sizes must all be >= 32")
 
 
 def _check_pretrain(cfg: Config) -> None:
@@ -99,9 +106,7 @@ def _check_rpn(cfg: Config) -> None:
 def _check_roi(cfg: Config) -> None:
     roi = cfg.roi
     _check(roi.output_size >= 1, "roi.output_size", "must be >= 1")
-    _check(roi.sampling_ratio >= 0, "roi.sampling_ratio", "must be >= 0")
-    _check(roi.op != "align_grid" or roi.sampling_ratio >= 1, "roi.sampling_ratio",
-           "must be >= 1 with roi.op: align_grid (0, adaptive, needs roi.op: align)")
+    _check(roi.sampling_ratio >= 0, "roi.sampling_ratio", "must be >= 0 (0 = adaptive)")
     _check(roi.hidden_dim > 0, "roi.hidden_dim", "must be > 0")
     _check(roi.batch_size_per_image > 0, "roi.batch_size_per_image", "must be > 0")
     _check(0.0 < roi.positive_fraction <= 1.0, "roi.positive_fraction", "must be in (0, 1]")
@@ -133,6 +138,7 @@ def _check_train(cfg: Config) -> None:
            "must be fractions of the run in (0, 1)")
     _check(0.0 < t.step_gamma <= 1.0, "train.step_gamma", "must be in (0, 1]")
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+    _check(t.nonfinite_patience >= 1, "train.nonfinite_patience", "must be >= 1")
     _check(t.num_workers >= 0, "train.num_workers", "must be >= 0")
     _check(t.checkpoint_every > 0, "train.checkpoint_every", "must be > 0")
     _check(t.log_every > 0, "train.log_every", "must be > 0")

@@ -95,6 +95,12 @@ def make_optimizer(params: list[nn.Parameter], t: TrainConfig) -> torch.optim.Op
                            fused=True)
 
 
+def make_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """Loss scaling for float16 only: bfloat16 has float32's exponent range, its gradients do
+    not underflow (a disabled scaler is a no-op)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
 def online_flip(images: list[Tensor], targets: list[dict[str, Tensor]], seed: int, step: int,
                 dist_info: DistInfo, batch_size: int
                 ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
@@ -117,11 +123,14 @@ def _to_device(images: list[Tensor], targets: list[dict[str, Any]], device: torc
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                images: list[Tensor], targets: list[dict[str, Tensor]], *, lr: float,
                amp_dtype: torch.dtype | None, grad_clip: float, dist_info: DistInfo, step: int,
-               checkpoint_path: Path) -> tuple[Tensor, dict[str, Tensor]]:
+               checkpoint_path: Path) -> tuple[Tensor, dict[str, Tensor], bool]:
     """One optimisation step on one batch (already on the model's device): forward under
     autocast, the summed loss checked finite on every rank, backward, clip, step.
 
-    Returns the total loss and the named losses (not detached). Raises NonFiniteLossError.
+    Returns the total loss, the named losses (not detached) and whether the weights were
+    updated. Under float16 loss scaling (`scaler` enabled) a non-finite loss or gradient skips
+    the update and lowers the scale, as the references do (False); otherwise a non-finite loss
+    raises NonFiniteLossError.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -129,26 +138,62 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
         losses = model(images, targets)
     loss = sum(losses.values())
+    scaled = scaler.scale(loss)  # (the loss itself without loss scaling)
     finite = torch.isfinite(loss.detach()).float()
-    if dist_info.world_size > 1:  # all ranks stop together instead of hanging in all-reduce
+    if dist_info.world_size > 1:  # all ranks stop (or skip) together instead of hanging in all-reduce
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if not finite.item():
-        bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-        kept = (f"the last good checkpoint {checkpoint_path} is kept" if Path(checkpoint_path).exists()
-                else f"no checkpoint was written before it ({checkpoint_path} does not exist)")
-        raise NonFiniteLossError(
-            f"step {step}: non-finite loss in {', '.join(bad) or 'total'} "
-            f"({ {k: float(v.detach()) for k, v in losses.items()} }); {kept} — lower train.lr "
-            "or raise train.warmup_steps")
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    if not finite.item():
+        if scaler.is_enabled():  # float16 overflow: skip this update, halve the scale
+            scaler.update(new_scale=scaler.get_scale() * scaler.get_backoff_factor())
+            return loss, losses, False
+        raise NonFiniteLossError(f"step {step}: non-finite loss in {nonfinite_terms(losses)}; "
+                                 f"{_kept(checkpoint_path)} — lower train.lr or raise "
+                                 "train.warmup_steps")
+    scaled.backward()
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                        grad_clip)
-    scaler.step(optimizer)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)  # skipped by the scaler itself when a gradient is inf/NaN
     scaler.update()
-    return loss, losses
+    return loss, losses, not (scaler.is_enabled() and scaler.get_scale() < scale)
+
+
+def nonfinite_terms(losses: dict[str, Tensor]) -> str:
+    """'loss_box_reg ({values})': the non-finite loss terms by name, with every term's value."""
+    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    return f"{', '.join(bad) or 'the gradients (the loss is finite)'} ({values})"
+
+
+def _kept(checkpoint_path: Path) -> str:
+    if Path(checkpoint_path).exists():
+        return f"the last good checkpoint {checkpoint_path} is kept"
+    return f"no checkpoint was written before it ({checkpoint_path} does not exist)"
+
+
+class SkipCounter:
+    """Consecutive updates skipped under float16 loss scaling; more than `patience` in a row is a
+    run that stays non-finite, not an overflow the scale recovers from."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.in_a_row, self.total = patience, 0, 0
+
+    def update(self, stepped: bool, step: int, losses: dict[str, Tensor], scale: float,
+               checkpoint_path: Path) -> None:
+        if stepped:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.total += 1
+        if self.in_a_row >= self.patience:
+            raise NonFiniteLossError(
+                f"steps {step - self.in_a_row + 1}-{step}: non-finite for {self.in_a_row} steps in a "
+                f"row under float16 loss scaling (train.nonfinite_patience {self.patience}; loss "
+                f"scale now {scale:g}), last in {nonfinite_terms(losses)}; "
+                f"{_kept(checkpoint_path)} — lower train.lr or train in bfloat16/float32")
 
 
 def _budget(n_images: int, t: TrainConfig, dist_info: DistInfo) -> tuple[int, int]:
@@ -240,9 +285,8 @@ def train(
     dist_info = dist_info or DistInfo()
     device = _place(model, t.device, dist_info)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t)
-    amp_dtype = autocast_dtype(device, t.amp)
-    # bfloat16 has float32's exponent range: only float16 needs its gradients scaled
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(device, t.amp, t.amp_dtype)
+    scaler = make_scaler(device, amp_dtype)
     total_steps, n_per_epoch = _budget(len(dataset), t, dist_info)
 
     step, history = 0, []
@@ -263,6 +307,7 @@ def train(
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not (progress and dist_info.is_main),
                dynamic_ncols=True)
     meter = Throughput()
+    skips = SkipCounter(t.nonfinite_patience)
     warnings: list[str] = []
     with stop_requests() as stop:
         while step < total_steps:
@@ -276,11 +321,12 @@ def train(
                                                   t.batch_size)
                 images, targets = _to_device(images, targets, device)
                 lr = lr_at(step, total_steps, t)
-                loss, losses = train_step(ddp_model, optimizer, scaler, images, targets, lr=lr,
-                                          amp_dtype=amp_dtype, grad_clip=t.grad_clip,
-                                          dist_info=dist_info, step=step,
-                                          checkpoint_path=checkpoint_path)
+                loss, losses, stepped = train_step(
+                    ddp_model, optimizer, scaler, images, targets, lr=lr, amp_dtype=amp_dtype,
+                    grad_clip=t.grad_clip, dist_info=dist_info, step=step,
+                    checkpoint_path=checkpoint_path)
                 step += 1
+                skips.update(stepped, step, losses, scaler.get_scale(), checkpoint_path)
                 meter.count(len(images) * dist_info.world_size)
                 bar.update(1)
                 if step % t.log_every == 0 or step == total_steps:
@@ -306,6 +352,11 @@ def train(
                         f"checkpoint saved to {checkpoint_path}; `frcnn train --resume` (or `dvc repro`, "
                         "with the same params) continues from it", signum)
     bar.close()
+    if skips.total:  # the references' behaviour, but a user should know it happened
+        warnings.append(f"train: {skips.total} of {step} updates skipped under float16 loss "
+                        f"scaling (non-finite loss or gradients); final loss scale {scaler.get_scale():g}")
+        if dist_info.is_main:
+            tqdm.write(warnings[-1], file=sys.stderr)
     return TrainResult(step=step, history=history, seconds=meter.seconds(),
                        images_per_s=meter.total_rate(), warnings=warnings)
 

@@ -45,6 +45,28 @@ def roi_arguments(config: Config) -> dict[str, Any]:
                 loss_lambda=loss.roi_lambda, smooth_l1_beta=loss.smooth_l1_beta)
 
 
+def frozen_bn(config: Config) -> bool:
+    """`model.frozen_bn`, with null resolved: BatchNorm is frozen exactly when the weights are
+    ImageNet's (their statistics are good; those of 2-8 detection images per batch are not)."""
+    m = config.model
+    return m.pretrained if m.frozen_bn is None else m.frozen_bn
+
+
+def recipe_warnings(config: Config) -> list[str]:
+    """Settings that train, but not what the user most likely wants: one line each."""
+    m, roi = config.model, config.roi
+    out = []
+    if m.pretrained and m.frozen_bn is False:
+        out.append("model.frozen_bn: false with ImageNet weights trains BatchNorm on batches of "
+                   f"{config.train.batch_size} images, whose statistics are noise next to "
+                   "ImageNet's; the references freeze it (null or true)")
+    if m.backbone.endswith("_c4") and m.backbone != "resnet18_c4" and roi.output_size < 14:
+        out.append(f"roi.output_size: {roi.output_size} with {m.backbone}: res5 (stride 2) shrinks "
+                   f"each RoI to {(roi.output_size + 1) // 2}x{(roi.output_size + 1) // 2}; "
+                   "detectron2's C4 pools 14x14 into res5 to get 7x7 (roi.output_size: 14)")
+    return out
+
+
 def build_model(config: Config, num_classes: int | None = None) -> FasterRCNN:
     """The detector `config` describes.
 
@@ -56,7 +78,7 @@ def build_model(config: Config, num_classes: int | None = None) -> FasterRCNN:
     if k < 1:
         raise ValueError("model.num_classes: 0 means 'from the dataset', but no dataset class "
                          "count was given to build_model")
-    backbone = build_backbone(m.backbone, m.pretrained, m.frozen_bn, m.freeze_stem)
+    backbone = build_backbone(m.backbone, m.pretrained, frozen_bn(config), m.freeze_stem)
     anchors = AnchorGenerator(anchor_scales_px(a.scales, a.unit, backbone.stride), a.ratios,
                               backbone.stride)
     rpn = RegionProposalNetwork(
@@ -72,5 +94,6 @@ def build_model(config: Config, num_classes: int | None = None) -> FasterRCNN:
         head_dim = roi.hidden_dim
     roi_heads = RoIHeads(box_head, BoxPredictor(head_dim, k, roi.class_agnostic_box),
                          backbone.stride, **roi_arguments(config))
-    transform = ImageTransform(m.min_size, m.max_size, size_divisible=backbone.stride)
+    transform = ImageTransform(m.min_size, m.max_size, size_divisible=backbone.stride,
+                               min_size_train=m.min_size_train)
     return FasterRCNN(transform, backbone.body, rpn, roi_heads, k)

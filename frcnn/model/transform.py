@@ -2,7 +2,9 @@
 
 1. check every image and target (a bad box must fail here, not become a NaN loss later);
 2. resize so the short side is `min_size` unless the long side would exceed `max_size`
-   (the paper's 600 / 1000), scaling the GT boxes by the same factors;
+   (the paper's 600 / 1000), scaling the GT boxes by the same factors; in training with
+   `min_size_train` (multi-scale training, detectron2's 480-800), one short side per batch is
+   drawn from that list;
 3. normalise with the ImageNet mean/std the torchvision backbones expect;
 4. pad the bottom/right to a common size divisible by the backbone stride.
 `postprocess` maps detection boxes back to each input image's own pixels.
@@ -59,26 +61,43 @@ def validate_inputs(images: list[Tensor], targets: list[dict[str, Tensor]] | Non
 
 
 class ImageTransform(nn.Module):
-    """Resize + normalise + pad. Holds no parameters, only the sizes."""
+    """Resize + normalise + pad. Holds no parameters, only the sizes.
 
-    def __init__(self, min_size: int, max_size: int, size_divisible: int = 32) -> None:
+    `min_size`: the short side at test time, and in training unless `min_size_train` (a list of
+    short sides) is given; then each training batch is resized to one of them, drawn from the
+    global torch RNG (which the checkpoint restores, so a resumed run draws the same sizes).
+    """
+
+    def __init__(self, min_size: int, max_size: int, size_divisible: int = 32,
+                 min_size_train: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.min_size = min_size
         self.max_size = max_size
         self.size_divisible = size_divisible
+        self.min_size_train = tuple(min_size_train)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
-    def scale_for(self, height: int, width: int) -> float:
-        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+    def scale_for(self, height: int, width: int, min_size: int | None = None) -> float:
+        """The resize factor of an image: short side to `min_size` (default `self.min_size`),
+        unless the long side would then exceed `max_size`."""
+        short = self.min_size if min_size is None else min_size
+        return min(short / min(height, width), self.max_size / max(height, width))
+
+    def batch_min_size(self) -> int:
+        """The short side of this batch: drawn from `min_size_train` in training, else min_size."""
+        if self.training and self.min_size_train:
+            return self.min_size_train[int(torch.randint(len(self.min_size_train), ()))]
+        return self.min_size
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
                 ) -> tuple[Tensor, list[tuple[int, int]], list[dict[str, Tensor]] | None]:
         """images (3, H_i, W_i) -> batch (N, 3, H, W), sizes [(h_i, w_i)] after resize, targets."""
         resized, sizes, new_targets = [], [], []
+        short = self.batch_min_size()
         for i, img in enumerate(images):
             h, w = img.shape[-2:]
-            scale = self.scale_for(h, w)
+            scale = self.scale_for(h, w, short)
             img = img.to(self.mean.dtype)  # a float64 image would not meet the float32 weights
             img = (img - self.mean) / self.std
             img = F.interpolate(img[None], scale_factor=scale, mode="bilinear",

@@ -29,7 +29,7 @@ from frcnn.fileio import (
     check_writable,
     transaction,
 )
-from frcnn.model.build import build_model
+from frcnn.model.build import build_model, recipe_warnings
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 from frcnn.pipeline.tracking import Tracker, start_stage_run, tracking_root
 
@@ -44,14 +44,15 @@ def resumed_run_id(cfg: Config, checkpoint: Path, resume: bool) -> str | None:
     return state.get("mlflow_run_id") or None
 
 
-def summarise(result: TrainResult, world_size: int) -> dict[str, Any]:
-    """reports/train/summary.json's content."""
+def summarise(result: TrainResult, world_size: int, advice: list[str] = ()) -> dict[str, Any]:
+    """reports/train/summary.json's content; `advice`: the config's `recipe_warnings`."""
     last = result.history[-1] if result.history else {}
     summary = {"steps": result.step, "train_seconds": round(result.seconds, 1),
                "images_per_s": round(result.images_per_s, 2),
                "final_loss": round(last.get("loss", float("nan")), 4), "world_size": world_size}
-    if result.warnings:  # e.g. a diverging loss: kept beside the numbers it puts in doubt
-        summary["warnings"] = result.warnings
+    warnings = [*advice, *result.warnings]
+    if warnings:  # e.g. a diverging loss: kept beside the numbers it puts in doubt
+        summary["warnings"] = warnings
     return summary
 
 
@@ -68,6 +69,9 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
         seed_everything(cfg.seed)  # the same initial weights on every rank
         dataset = DetectionDataset(train_json, train=True)
         model = build_model(cfg, num_classes=cfg.model.num_classes or dataset.num_classes)
+        advice = recipe_warnings(cfg)
+        for line in advice if dist_info.is_main else ():
+            print(f"train: warning: {line}", file=sys.stderr)
         pretrained = load_pretrained_backbone(model, Path(backbone), cfg)
         if dist_info.rank:
             seed_everything(cfg.seed + dist_info.rank)  # each rank samples anchors/RoIs its own way
@@ -110,14 +114,14 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
                 return {}
             if mirror is not None:  # finished: the checkpoint is the stage's output now
                 mirror.unlink(missing_ok=True)
-            summary = summarise(result, dist_info.world_size)
+            summary = summarise(result, dist_info.world_size, advice)
             with transaction():
                 atomic_write_csv(reports / "loss.csv", result.history)
                 atomic_write_json(reports / "summary.json", summary, sort_keys=True)
             tracker.log_metrics({f"train.{k}": v for k, v in summary.items()
                                  if isinstance(v, (int, float))})
-            if result.warnings:
-                tracker.set_tags({"train.warnings": " | ".join(result.warnings)})
+            if summary.get("warnings"):
+                tracker.set_tags({"train.warnings": " | ".join(summary["warnings"])})
             if pretrained:
                 tracker.log_metrics({f"pretrain.{k}": v for k, v in pretrained.items()
                                      if isinstance(v, (int, float))})

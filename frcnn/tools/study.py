@@ -66,11 +66,12 @@ class StudyRun:
         """The same run as a DVC experiment (what a user reruns it with)."""
         parts = ["dvc", "exp", "run", "-n", self.name]
         for key, value in self.overrides().items():
-            parts += ["-S", f"{key}={_yaml_value(value)}"]
+            parts += ["-S", f"{key}={yaml_value(value)}"]
         return " ".join(parts)
 
 
-def _yaml_value(value: Any) -> str:
+def yaml_value(value: Any) -> str:
+    """A value as `dvc exp run -S key=<value>` and `--set` read it: flow YAML without spaces."""
     text = yaml.safe_dump(value, default_flow_style=True).strip()
     return text.removesuffix("...").strip().replace(" ", "")
 
@@ -80,7 +81,7 @@ def _slug(setting: dict[str, Any]) -> str:
     comes before the last two dashes of a run name)."""
     if not setting:
         return "default"
-    text = "_".join(_yaml_value(v) for v in setting.values())
+    text = "_".join(yaml_value(v) for v in setting.values())
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "default"
 
 
@@ -134,7 +135,8 @@ def environment(cfg: Config) -> dict[str, Any]:
 
     from frcnn.engine.device import autocast_dtype, select_device
 
-    dtype = autocast_dtype(select_device(cfg.train.device), cfg.train.amp)
+    dtype = autocast_dtype(select_device(cfg.train.device), cfg.train.amp,
+                           cfg.train.amp_dtype)
     return {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "train_precision": str(dtype).removeprefix("torch.") if dtype else "float32",
             "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -201,9 +203,23 @@ def fingerprint(cfg: Config, train_json: Path, test_json: Path) -> str:
     return h.hexdigest()
 
 
+def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` as the code reads them: every key (a record made before a key existed gets its
+    default, which reproduces the behaviour from before it) and automatic values resolved
+    (`model.frozen_bn: null` -> frozen exactly when pretrained). Raises ConfigError for params
+    this code no longer reads."""
+    from frcnn.model.build import frozen_bn
+
+    cfg = config_from_dict(params)
+    out = cfg.to_dict()
+    out["model"]["frozen_bn"] = frozen_bn(cfg)
+    return out
+
+
 def run_key(params: dict[str, Any], data_digest: str, code_fingerprint: str,
             env: dict[str, Any]) -> str:
-    payload = {"params": params, "data": data_digest, "code": code_fingerprint,
+    """The content key of a run: its canonical params, data, numerics fingerprint, environment."""
+    payload = {"params": canonical_params(params), "data": data_digest, "code": code_fingerprint,
                "env": {k: env[k] for k in ("torch", "threads", "train_precision", "cpu",
                                            "cpu_capability", "device")}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -309,7 +325,15 @@ def run_study(runs: list[StudyRun], paths: StudyPaths, *,
               echo: Callable[[str], None] = print) -> list[Path]:
     """Run every planned run whose key has no record yet; write each record as it finishes."""
     data = data_digest([paths.train_json, paths.test_json])
-    known = {r["key"]: r for r in load_records(paths.records)}
+    known = {}
+    for rec in load_records(paths.records):
+        # keys recomputed from the record's content: a record made by an older commit, with
+        # fewer params (new ones at their neutral defaults), is still this run
+        try:
+            known[run_key(rec["params"], rec.get("data_digest", ""), rec.get("fingerprint", ""),
+                          rec.get("environment") or {})] = rec
+        except (ConfigError, KeyError):
+            continue  # params of a knob this code no longer has: never this code's run
     written = []
     for i, run in enumerate(runs, 1):
         cfg = config_from_dict(run.params)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn.config import TrainConfig, config_from_dict
+from frcnn.config import ConfigError, TrainConfig, config_from_dict
 from frcnn.engine.checkpoint import load_checkpoint
 from frcnn.engine.device import autocast_dtype, seed_everything
 from frcnn.engine.distributed import DistInfo, EpochBatches
@@ -178,6 +178,74 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _poison(model, steps):
+    """Make the loss of the given (1-based) forward calls infinite, as a float16 overflow would."""
+    calls = {"n": 0}
+    original = model.roi_heads.forward
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out, losses = original(*args, **kwargs)
+        if calls["n"] in steps:
+            losses["loss_classifier"] = losses["loss_classifier"] * float("inf")
+        return out, losses
+    return poisoned
+
+
+def test_under_loss_scaling_a_non_finite_step_is_skipped_and_the_scale_lowered(tmp_path,
+                                                                                monkeypatch):
+    """float16 as the references run it: an overflow skips the update and halves the scale; the
+    run goes on (the CPU stands in for CUDA with a CPU GradScaler)."""
+    import frcnn.engine.trainer as trainer
+
+    scalers = []
+
+    def cpu_scaler(device, amp_dtype):
+        scalers.append(torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, enabled=True))
+        return scalers[-1]
+
+    monkeypatch.setattr(trainer, "make_scaler", cpu_scaler)
+    cfg = tiny_config(max_steps=6, nonfinite_patience=3)
+    seed_everything(0)
+    model = build_model(cfg, num_classes=2)
+    monkeypatch.setattr(model.roi_heads, "forward", _poison(model, {2, 3, 5}))
+    updates = []
+    model.register_forward_pre_hook(lambda m, a: updates.append(
+        m.roi_heads.predictor.cls_score.weight.detach().clone()))
+    result = train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False)
+    assert result.step == 6
+    assert scalers[0].get_scale() == 2.0 ** 7  # three skips halve it three times, no growth yet
+    # the weights did not move in the skipped steps 2, 3 and 5 (seen before steps 3, 4 and 6)
+    assert torch.equal(updates[1], updates[2]) and torch.equal(updates[2], updates[3])
+    assert torch.equal(updates[4], updates[5]) and not torch.equal(updates[0], updates[1])
+    assert any("3 of 6 updates skipped" in w for w in result.warnings)
+
+
+def test_under_loss_scaling_a_run_that_stays_non_finite_stops_naming_steps_and_term(
+        tmp_path, monkeypatch):
+    import frcnn.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer, "make_scaler",
+                        lambda device, dtype: torch.amp.GradScaler("cpu", enabled=True))
+    cfg = tiny_config(max_steps=8, nonfinite_patience=3, checkpoint_every=2)
+    seed_everything(0)
+    model = build_model(cfg, num_classes=2)
+    monkeypatch.setattr(model.roi_heads, "forward", _poison(model, {4, 5, 6, 7}))
+    with pytest.raises(NonFiniteLossError, match=r"steps 4-6: non-finite for 3 steps in a row "
+                                                 r"under float16 loss scaling .*loss_classifier"):
+        train(model, TinyShapes(), collate, cfg, tmp_path / "m.pt", progress=False)
+    assert load_checkpoint(tmp_path / "m.pt")["step"] == 4  # the last good checkpoint is kept
+
+
+def test_float16_is_refused_on_a_cpu_and_bfloat16_can_be_asked_for():
+    assert autocast_dtype(torch.device("cpu"), True, "bfloat16") == torch.bfloat16
+    assert autocast_dtype(torch.device("cuda"), True, "bfloat16") == torch.bfloat16
+    assert autocast_dtype(torch.device("cuda"), True, "auto") == torch.float16
+    assert autocast_dtype(torch.device("cpu"), False, "bfloat16") is None
+    with pytest.raises(ConfigError, match="train.amp_dtype: float16 needs CUDA"):
+        autocast_dtype(torch.device("cpu"), True, "float16")
 
 
 def test_load_checkpoint_names_a_corrupt_file(tmp_path):

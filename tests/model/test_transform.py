@@ -101,3 +101,36 @@ def test_postprocess_maps_boxes_back_to_the_input_image():
     out = t.postprocess(dets, sizes=[(160, 320)], original_sizes=[(100, 200)])
     torch.testing.assert_close(out[0]["boxes"], torch.tensor([[10.0, 20.0, 50.0, 60.0],
                                                               [0.0, 0.0, 200.0, 100.0]]))
+
+
+def test_multi_scale_training_draws_one_short_side_per_batch_and_tests_at_min_size():
+    t = ImageTransform(min_size=64, max_size=200, size_divisible=16, min_size_train=(32, 48, 80))
+    img = torch.rand(3, 40, 60)
+    box = [target([[4.0, 8.0, 20.0, 24.0]], [1])]
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        batch, sizes, targets = t([img, img], box * 2)
+        assert sizes[0] == sizes[1]  # one size for the whole batch
+        short = sizes[0][0]
+        seen.add(short)
+        k = short / 40
+        torch.testing.assert_close(targets[0]["boxes"], torch.tensor([[4.0, 8.0, 20.0, 24.0]]) * k)
+    assert seen == {32, 48, 80}
+    # the draw comes from the global RNG (checkpointed): the same seed draws the same sizes
+    torch.manual_seed(0)
+    again = [t([img])[1][0][0] for _ in range(30)]
+    torch.manual_seed(0)
+    assert again == [t([img])[1][0][0] for _ in range(30)]
+    t.eval()
+    assert t([img])[1] == [(64, 96)]
+
+
+def test_single_scale_training_draws_nothing_from_the_rng():
+    """The default recipe's numbers depend on the RNG stream the samplers see."""
+    t = ImageTransform(min_size=64, max_size=200)
+    assert t.training
+    image = torch.rand(3, 40, 60)
+    state = torch.get_rng_state()
+    assert t([image])[1] == [(64, 96)]
+    assert torch.equal(torch.get_rng_state(), state)

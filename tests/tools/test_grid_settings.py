@@ -30,7 +30,7 @@ def project(tmp_path_factory):
 def test_every_grid_setting_trains_and_detects(project, tmp_path, monkeypatch, name, setting,
                                                precision):
     forced = torch.bfloat16 if precision == "bfloat16" else None
-    monkeypatch.setattr(trainer, "autocast_dtype", lambda device, amp: forced)
+    monkeypatch.setattr(trainer, "autocast_dtype", lambda device, amp, dtype="auto": forced)
     cfg = config_from_dict(yaml.safe_load((project / "params.yaml").read_text()),
                            {"rpn.pre_nms_top_n_test": 2000, **setting,
                             "train.amp": precision == "bfloat16"})

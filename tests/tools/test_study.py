@@ -93,6 +93,15 @@ def test_the_key_covers_params_data_code_and_environment(project):
     assert key != run_key(cfg.to_dict(), "d2", "f", env)
     assert key != run_key(cfg.to_dict(), "d", "f2", env)
     assert key != run_key(cfg.to_dict(), "d", "f", {**env, "train_precision": "bfloat16"})
+    # a record made before a knob existed (its params lack the key, or hold what its automatic
+    # default resolves to) is the same run; a knob the code no longer has is refused
+    older = cfg.to_dict()
+    del older["model"]["min_size_train"], older["train"]["nonfinite_patience"]
+    older["model"]["frozen_bn"] = False  # null resolves to false without ImageNet weights
+    assert run_key(older, "d", "f", env) == key
+    assert run_key({**older, "model": {**older["model"], "frozen_bn": True}}, "d", "f", env) != key
+    with pytest.raises(ConfigError, match="unknown key"):
+        run_key({**older, "model": {**older["model"], "gone": 1}}, "d", "f", env)
     splits = [project / "data/augmented/trainval.json", project / "data/processed/test.json"]
     assert data_digest(splits) == data_digest(splits)
     assert data_digest(splits[:1]) != data_digest(splits)
