@@ -226,6 +226,8 @@ def compare(out: Annotated[Path, typer.Option(help="output folder")] = Path("rep
             timing: Annotated[Path, typer.Option(help="the timing records")] = Path("reports/ablations/timing.json"),
             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
             grids_file: Annotated[Path, typer.Option("--grids", help="grid file")] = Path("ablations.yaml"),
+            env: Annotated[str | None, typer.Option(help="report the runs of the environment whose "
+                                                          "label contains this (default: the one with most runs)")] = None,
             ) -> None:
     """The study's report, reports/ablations.{md,csv} + plots, rebuilt from the committed records
     (or from MLflow with --mlflow). `--set train.max_steps=N`: the budget the study ran at."""
@@ -252,7 +254,7 @@ def compare(out: Annotated[Path, typer.Option(help="output folder")] = Path("rep
             runs = runs_from_records(load_records(records))
         times = json.loads(timing.read_text()).get("settings", {}) if timing.is_file() else {}
         markdown = build_report(runs, grids, questions, base, parse_overrides(set_), times, out,
-                                source, group)
+                                source, group, env)
     typer.echo(markdown)
 
 

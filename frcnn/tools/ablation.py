@@ -93,12 +93,30 @@ def _env_label(env: dict[str, Any] | None) -> str:
             f"{env.get('threads', '?')} threads")
 
 
+def _canonical(params: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's params as the code reads them (study.canonical_params), None if it no longer can."""
+    from frcnn.tools.study import canonical_params
+
+    try:
+        return canonical_params(params)
+    except ConfigError:
+        return None
+
+
 def runs_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": r["name"], "seed": r["params"]["seed"], "params": r["params"],
-             "metrics": r["metrics"], "errors": r.get("errors"), "rpn_recall": r.get("rpn_recall"),
-             "test_only": r.get("test_only") or [], "train": r.get("train") or {},
-             "env": _env_label(r.get("environment")), "commit": r.get("commit", "")}
-            for r in records]
+    """The records as runs, params canonical (a record older than a knob compares with today's
+    baseline); records of knobs this code no longer has are left out."""
+    out = []
+    for r in records:
+        params = _canonical(r["params"])
+        if params is None:
+            continue
+        out.append({"name": r["name"], "seed": params["seed"], "params": params,
+                    "metrics": r["metrics"], "errors": r.get("errors"),
+                    "rpn_recall": r.get("rpn_recall"), "test_only": r.get("test_only") or [],
+                    "train": r.get("train") or {}, "env": _env_label(r.get("environment")),
+                    "commit": r.get("commit", "")})
+    return out
 
 
 def runs_from_mlflow(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
@@ -115,8 +133,10 @@ def runs_from_mlflow(tracking_uri: str, experiment: str) -> list[dict[str, Any]]
                                   max_results=5000):
         try:
             flat = {k: yaml.safe_load(v) for k, v in run.data.params.items()}
-            params = config_from_dict({}, flat).to_dict()
+            params = _canonical(config_from_dict({}, flat).to_dict())
         except (ConfigError, yaml.YAMLError, TypeError, ValueError):
+            continue
+        if params is None:
             continue
         m = dict(run.data.metrics)
         errors = None
@@ -198,7 +218,7 @@ def _strip_seed(params: dict[str, Any]) -> dict[str, Any]:
 def runs_of(runs: Sequence[dict[str, Any]], base: dict[str, Any], setting: dict[str, Any],
             extra: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """The runs of one setting, by seed (a later duplicate of a seed is ignored)."""
-    want = _strip_seed(config_from_dict(base, {**extra, **setting}).to_dict())
+    want = _strip_seed(_canonical(config_from_dict(base, {**extra, **setting}).to_dict()))
     out: dict[int, dict[str, Any]] = {}
     for run in runs:
         if _strip_seed(run["params"]) == want:
@@ -439,9 +459,11 @@ def plot_speed_accuracy(sections: list[dict[str, Any]], path: Path) -> bool:
 def build_report(runs: Sequence[dict[str, Any]], grids: dict[str, list[dict[str, Any]]],
                  questions: dict[str, dict[str, Any]], base: dict[str, Any], extra: dict[str, Any],
                  timing: dict[str, dict[str, float]], out: Path, source: str,
-                 group: str | None = None) -> str:
+                 group: str | None = None, env_filter: str | None = None) -> str:
     """reports/ablations.{md,csv} and reports/ablations/<grid>.png (+ speed_accuracy.png) from
-    `runs`, restricted to the environment most of them ran in. Returns the markdown."""
+    `runs`, restricted to one environment (numbers from different CPUs or precisions are never
+    paired): the one most of them ran in, or the first whose label contains `env_filter`.
+    Returns the markdown."""
     from frcnn.fileio import atomic_write_text
 
     envs: dict[str, int] = {}
@@ -450,6 +472,12 @@ def build_report(runs: Sequence[dict[str, Any]], grids: dict[str, list[dict[str,
     if not envs:
         raise ValueError(f"{source}: no evaluated runs")
     env = max(envs, key=lambda e: envs[e])
+    if env_filter is not None:
+        matching = [e for e in envs if env_filter.lower() in e.lower()]
+        if not matching:
+            raise ValueError(f"--env {env_filter}: no runs from such an environment (have: "
+                             f"{'; '.join(envs)})")
+        env = matching[0]
     chosen = [r for r in runs if r["env"] == env]
     others = len(runs) - len(chosen)
     budget = config_from_dict(base, extra).train.max_steps
@@ -467,8 +495,10 @@ def build_report(runs: Sequence[dict[str, Any]], grids: dict[str, list[dict[str,
     complete = sum(len(runs_of(chosen, base, st, extra)) >= 3 for st in distinct.values())
     context = {"source": source, "env": env, "budget": budget, "runs": len(chosen),
                "settings": len(distinct), "complete": complete,
-               "excluded": (f"{others} run(s) from other environments are left out." if others
-                            else "")}
+               "excluded": (f"{others} run(s) from other environments are left out ("
+                            + "; ".join(f"{e}: {n}" for e, n in envs.items() if e != env)
+                            + "; `frcnn compare --env <part of the name>` reports one of them)."
+                            if others else "")}
     markdown = to_markdown(sections, tests, context)
     (out / "ablations").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ablations.md", markdown)

@@ -136,3 +136,32 @@ def test_varied_params_ignores_the_seed():
     cur = config_from_dict({}, {"loss.lambda": 10.0, "seed": 3}).to_dict()
     assert varied_params(cur, base) == {"loss.lambda": 10.0}
     assert json.loads(timing_key(BASE, {}, {"loss.lambda": 5.0})) == {}
+
+
+def test_env_filter_reports_the_named_environment_and_refuses_an_unknown_one(tmp_path):
+    other = {**ENV, "cpu": "AMD EPYC"}
+    recs = [record({}, s, 0.5 + 0.01 * s) for s in range(3)]          # 3 runs on cpu X
+    recs += [record({}, s, 0.3 + 0.01 * s, env=other) for s in range(2)]  # 2 on AMD EPYC
+    grids = {"roi_op": [{"roi.op": "align_grid"}, {"roi.op": "pool"}]}
+    questions = {"roi_op": {"expected": "e", "checks": []}}
+    runs = runs_from_records(recs)
+    md = build_report(runs, grids, questions, BASE, {}, {}, tmp_path, "records")
+    assert "cpu X (AVX2)" in md and "2 run(s) from other environments" in md
+    assert "AMD EPYC (AVX2), float32 training, torch 2, 2 threads: 2" in md  # names the left-out env
+    md = build_report(runs, grids, questions, BASE, {}, {}, tmp_path, "records", env_filter="amd")
+    assert "AMD EPYC (AVX2)" in md and "3 run(s) from other environments" in md
+    assert "0.3050" in md  # the AMD baseline's mean, not cpu X's 0.5100
+    with pytest.raises(ValueError, match="--env sparc: no runs from such an environment"):
+        build_report(runs, grids, questions, BASE, {}, {}, tmp_path, "records", env_filter="sparc")
+
+
+def test_records_older_than_a_knob_match_todays_baseline():
+    rec = record({}, 0, 0.5)
+    del rec["params"]["train"]["nonfinite_patience"]  # a record written before the knob existed
+    del rec["params"]["model"]["frozen_bn"]
+    (run,) = runs_from_records([rec])
+    assert run["params"] == config_from_dict(BASE, {"seed": 0}).to_dict() | {
+        "model": run["params"]["model"]}
+    assert run["params"]["train"]["nonfinite_patience"] == BASE["train"]["nonfinite_patience"]
+    rec["params"]["model"]["no_such_knob"] = 1  # a knob this code no longer has: left out
+    assert runs_from_records([rec]) == []
