@@ -12,6 +12,16 @@ pixel indices (xmin, ymin, xmax, ymax) become (xmin - 1, ymin - 1, xmax, ymax).
 Labels: 1..K for the K foreground classes, 0 is background.
 """
 
+import os
+
+# PyTorch's OpenMP threads busy-wait between parallel regions by default (libgomp spins 300k
+# rounds): when anything else runs on the machine, a CPU training step gets several times slower.
+# The runtime reads the policy once, when torch loads it, so it is set here, before any module of
+# the package imports torch: every entry point (`frcnn ...`, `python stages/...`, each torchrun
+# worker, so `dvc exp run` from a plain shell too) gets what `make` gets. A value the user set
+# wins. The wait policy changes no number, only how idle threads wait.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from frcnn.config import Config, ConfigError, load_config
 
 __all__ = ["Config", "ConfigError", "load_config", "build_model"]
