@@ -115,7 +115,7 @@ class RoIHeads(nn.Module):
             # autocast it has no kernel, so pool in float32 (a no-op for float32 features)
             pooled = roi_pool(features.float(), [r.float() for r in rois], size, self.spatial_scale)
             return pooled.to(features.dtype)
-        if self.op == "align_grid":  # torchvision's numbers, a ~4x cheaper CPU backward
+        if self.op == "align_grid":  # torchvision's numbers, a cheaper CPU backward at small sizes
             return roi_align_grid(features, rois, self.output_size, self.spatial_scale,
                                   self.sampling_ratio)
         # aligned=True: a box's continuous corners are sampled exactly, no half-pixel shift
