@@ -37,10 +37,10 @@ from torch import nn
 from benchmarks.bench_dataloader import loader_records
 from benchmarks.bench_evaluation import eval_time_records
 from benchmarks.memory import emit_cpu_memory, measure_memory_cuda
-from benchmarks.peer import SIZES, build_pair, make_inputs
+from benchmarks.peer import SIZES, build_pair, build_torchvision_peer, make_inputs
 from benchmarks.profiling import profile_step
-from benchmarks.timing import (alternate, emit, format_value, make_infer, make_train_step,
-                               ratio_record)
+from benchmarks.timing import (emit, format_value, instrument_record, interleaved, make_infer,
+                               make_train_step)
 from frcnn.config import Config, config_from_dict, load_config
 from frcnn.model.faster_rcnn import count_parameters
 from frcnn.tools.study import cpu_model
@@ -78,13 +78,21 @@ def machine_info() -> dict[str, Any]:
 # ------------------------------------------------------------------ the time figures of a size
 
 
+def rounds_plan(quick: bool, big: bool) -> dict[str, Any]:
+    """How long `interleaved` may time one figure: (min rounds, budget s, target precision)."""
+    if quick:
+        return {"min_rounds": 3 if big else 5, "budget_s": 40.0 if big else 15.0, "precision": 0.03}
+    return {"min_rounds": 6 if big else 10, "budget_s": 240.0 if big else 90.0, "precision": 0.02}
+
+
 def _measure_pair(records: list[dict[str, Any]], info: dict[str, Any], figure: str,
                   memory_figure: str, size: str, fns: dict[str, Callable[[], None]],
-                  models: tuple[nn.Module, nn.Module], reps: int, batch: int,
+                  models: tuple[nn.Module, nn.Module], plan: dict[str, Any], batch: int,
                   sync: Callable[[], None], profile: bool, tag: dict[str, Any]) -> None:
-    """Time `fns` (ours, tv) alternately; optionally profile them; on CUDA also peak memory."""
-    t = alternate(fns, warmup=1, repeats=reps, sync=sync)
-    emit(records, ratio_record(figure, size, t["ours"], t["tv"], batch=batch, **tag))
+    """Time `fns` (ours, tv, aa) in interleaved rounds; optionally profile ours and tv; on CUDA
+    also peak memory."""
+    t = interleaved(fns, warmup=1, sync=sync, **plan)
+    emit(records, instrument_record(figure, size, t, batch=batch, **tag))
     ours, tv = models
     if profile:
         info[f"profile_{figure}"] = {"ours": profile_step(ours, fns["ours"]),
@@ -114,40 +122,40 @@ def bench_size(size: str, base: Config, quick: bool, device: str, amp: bool,
     """The time figures of one size on one device; returns (records, info incl. param counts)."""
     records: list[dict[str, Any]] = []
     ours, tv, cfg = build_pair(size, base)
+    # the A/A peer: a second, identical torchvision model, timed in the same rounds
+    aa = build_torchvision_peer(cfg, ours)
     info = _size_info(size, ours, tv, cfg)
-    ours.to(device)
-    tv.to(device)
+    for m in (ours, tv, aa):
+        m.to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     big = size.startswith("resnet50")
+    plan = rounds_plan(quick, big)
     tag = {"device": device, "amp": amp, "threads": torch.get_num_threads()}
 
     images, targets = make_inputs(size, 2, device=device)
-    reps = (2 if big else 3) if quick else (4 if big else 10)
-    steps = {"ours": make_train_step(ours, images, targets, device, amp),
-             "tv": make_train_step(tv, images, targets, device, amp)}
+    steps = {k: make_train_step(m, images, targets, device, amp)
+             for k, m in (("ours", ours), ("tv", tv), ("aa", aa))}
     _measure_pair(records, info, "train_step", "peak_memory_train", size, steps, (ours, tv),
-                  reps, 2, sync, profile, tag)
+                  plan, 2, sync, profile, tag)
     del steps
     gc.collect()
 
     one = images[:1]
-    infer = {"ours": make_infer(ours, one, device, amp), "tv": make_infer(tv, one, device, amp)}
-    reps = (3 if big else 5) if quick else (8 if big else 20)
+    infer = {k: make_infer(m, one, device, amp) for k, m in (("ours", ours), ("tv", tv), ("aa", aa))}
     _measure_pair(records, info, "infer_b1", "peak_memory_infer_b1", size, infer, (ours, tv),
-                  reps, 1, sync, profile, tag)
+                  plan, 1, sync, profile, tag)
 
     if quick and big and device == "cpu":
         emit(records, {"figure": "throughput_b8", "size": size, "unit": "images/s",
                        "skipped": "--quick skips batch-8 throughput at resnet50 on CPU", **tag})
     else:
         images8, _ = make_inputs(size, 8, seed=1, device=device)
-        infer8 = {"ours": make_infer(ours, images8, device, amp),
-                  "tv": make_infer(tv, images8, device, amp)}
-        reps = (2 if big else 3) if quick else (3 if big else 8)
-        t = alternate(infer8, warmup=1, repeats=reps, sync=sync)
-        emit(records, ratio_record("throughput_b8", size, t["ours"], t["tv"], unit="images/s",
-                                   per=8, batch=8, **tag))
-    del ours, tv
+        infer8 = {k: make_infer(m, images8, device, amp)
+                  for k, m in (("ours", ours), ("tv", tv), ("aa", aa))}
+        t = interleaved(infer8, warmup=1, sync=sync, **plan)
+        emit(records, instrument_record("throughput_b8", size, t, unit="images/s", per=8, batch=8,
+                                        **tag))
+    del ours, tv, aa
     gc.collect()
     return records, info
 
@@ -233,18 +241,22 @@ def _header_lines(meta: dict[str, Any]) -> list[str]:
         "",
         "Ratio = ours / torchvision of the median time (or of peak memory): below 1.0 ours is "
         "faster (smaller). Paired ratio = median over rounds of ours_i / torchvision_i, the two "
-        "timed back to back: robust when the machine's load drifts during a figure (this one is "
-        "shared). images/s figures show images per second, their ratios are still ratios of times.",
+        "timed in the same round: robust when the machine's load drifts during a figure; [95 % "
+        "interval] = percentile bootstrap of that median over rounds. A/A = a second, identical "
+        "torchvision model timed in the same rounds, against the first: how far from 1.00 this "
+        "run's noise alone moves a ratio; a paired ratio whose interval overlaps the A/A's is not "
+        "a difference. images/s figures show images per second, their ratios are still ratios of "
+        "times.",
         "",
-        "| figure | size | device | ours | torchvision | ratio | paired ratio | samples |",
-        "|---|---|---|---|---|---|---|---|",
+        "| figure | size | device | ours | torchvision | ratio | paired ratio [95 %] | A/A [95 %] | rounds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
 
 def _record_row(r: dict[str, Any]) -> str:
     dev = r.get("device", "cpu") + (" amp" if r.get("amp") else "")
     if r.get("skipped"):
-        return f"| {r['figure']} | {r['size']} | {dev} | skipped: {r['skipped']} | | | | |"
+        return f"| {r['figure']} | {r['size']} | {dev} | skipped: {r['skipped']} | | | | | |"
     unit = r["unit"]
     peer = r.get("torchvision")
     peer_s = "—" if peer is None else format_value(peer, unit)
@@ -253,8 +265,15 @@ def _record_row(r: dict[str, Any]) -> str:
     ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.2f}"
     n = (f"{len(r['ours_samples'])} / {len(r['tv_samples'])}" if "ours_samples" in r else "1")
     paired = f"{r['ratio_paired']:.2f}" if r.get("ratio_paired") is not None else "—"
+    if r.get("ci95") and all(x == x for x in r["ci95"]):
+        paired += " [{:.2f}, {:.2f}]".format(*r["ci95"])
+    aa = "—"
+    if r.get("aa_ratio") is not None:
+        aa = f"{r['aa_ratio']:.2f}"
+        if all(x == x for x in r.get("aa_ci95", [math.nan])):
+            aa += " [{:.2f}, {:.2f}]".format(*r["aa_ci95"])
     return (f"| {r['figure']} | {r['size']} | {dev} | {format_value(r['ours'], unit)} | {peer_s} "
-            f"| {ratio} | {paired} | {n} |")
+            f"| {ratio} | {paired} | {aa} | {n} |")
 
 
 def _profile_lines(size: str, title: str, prof: dict[str, Any]) -> list[str]:
@@ -319,8 +338,10 @@ METHOD_NOTES = [
     "The profile tables are single profiled calls on a shared 2-core machine: identical ops "
     "(the backbone's convolutions run the same module in both) vary by several x between calls, "
     "so read them for ops that differ in kind or call count, not for the time of shared ops.",
-    "Timing: ours, torchvision, ours, torchvision, ... in one process after one warm-up round; "
-    "medians. Train step = forward + sum of losses + backward + SGD(momentum 0.9, wd 1e-4) step "
+    "Timing (`benchmarks.timing.interleaved`): rounds of ours, torchvision and its A/A copy in "
+    "one process, in an order shuffled per round, after one warm-up round, until the paired "
+    "ratio's bootstrap interval is within the target precision (3 % --quick, 2 % full) or the "
+    "figure's time budget is spent (`rounds_plan`); medians. Train step = forward + sum of losses + backward + SGD(momentum 0.9, wd 1e-4) step "
     "at batch 2. Inference under torch.inference_mode, batch 1 (latency) and 8 (throughput).",
     "Peak memory (CPU): a child process per model builds it, records VmRSS, resets the peak "
     "counter (/proc/self/clear_refs = 5) and reports VmHWM minus that baseline for an inference at "

@@ -111,7 +111,12 @@ def format_record(rec: dict[str, Any]) -> str:
     line = (f"{label}: ours {format_value(rec['ours'], unit)}, "
             f"{peer} {format_value(rec['torchvision'], unit)}, ratio {rec['ratio']:.2f}")
     if rec.get("ratio_paired") is not None and len(rec.get("ours_samples", ())) > 1:
-        line += f" (paired {rec['ratio_paired']:.2f})"
+        line += f" (paired {rec['ratio_paired']:.2f}"
+        if rec.get("ci95") and all(x == x for x in rec["ci95"]):
+            line += " [{:.2f}, {:.2f}]".format(*rec["ci95"])
+        if rec.get("aa_ratio") is not None:
+            line += f", A/A {rec['aa_ratio']:.2f}"
+        line += f", {rec.get('rounds', len(rec['ours_samples']))} rounds)"
     return line
 
 
@@ -128,3 +133,80 @@ def emit(records: list[dict[str, Any]], new: list[dict[str, Any]] | dict[str, An
     for rec in new if isinstance(new, list) else [new]:
         records.append(rec)
         print(format_record(rec), flush=True)
+
+
+# ------------------------------------------------------------------ the instrument
+
+
+def bootstrap_median_ci(values: list[float], level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """The percentile-bootstrap `level` interval of the median of `values` (resampled rounds)."""
+    import random
+
+    if len(values) < 2:
+        return (math.nan, math.nan)
+    rng = random.Random(seed)
+    n = len(values)
+    meds = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    lo = meds[int((1 - level) / 2 * resamples)]
+    hi = meds[min(resamples - 1, int((1 + level) / 2 * resamples))]
+    return (lo, hi)
+
+
+def interleaved(fns: dict[str, Callable[[], None]], *, warmup: int = 1, min_rounds: int = 5,
+                max_rounds: int = 60, budget_s: float = 60.0, precision: float = 0.03,
+                sync: Callable[[], None] = lambda: None, seed: int = 0) -> dict[str, list[float]]:
+    """Time the callables in rounds until the paired ratio is known to `precision`, or the budget.
+
+    fns: {"ours": f, "tv": g, "aa": h}, h being torchvision again (a second copy), so the
+    A/A ratio aa / tv of the same rounds states the noise floor of this run on this machine.
+    Each round runs every callable once, in an order shuffled per round (a fixed order would
+    give the second one the caches and clocks the first one warmed). After `min_rounds` timed
+    rounds, stops when the bootstrap 95 % interval of the median of ours_i / tv_i is narrower than
+    `precision` (relative, each side) or when `budget_s` seconds of timed rounds have passed,
+    and never after `max_rounds`. Returns the seconds per call, in round order, per name.
+    """
+    import random
+
+    rng = random.Random(seed)
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    spent = 0.0
+    for i in range(warmup + max_rounds):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
+            sync()
+            t0 = time.perf_counter()
+            fns[name]()
+            sync()
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[name].append(dt)
+                spent += dt
+        done = len(times[names[0]])
+        if done >= min_rounds and "ours" in times and "tv" in times:
+            ratios = [o / t for o, t in zip(times["ours"], times["tv"])]
+            lo, hi = bootstrap_median_ci(ratios, resamples=500, seed=seed)
+            mid = statistics.median(ratios)
+            if (hi - lo) / 2 <= precision * mid or spent >= budget_s:
+                break
+        elif spent >= budget_s and done >= 2:
+            break
+    return times
+
+
+def instrument_record(figure: str, size: str, times: dict[str, list[float]], unit: str = "s",
+                      per: int = 1, **extra: Any) -> dict[str, Any]:
+    """`ratio_record` of ours vs tv plus the paired ratio's bootstrap 95 % interval and, when
+    `times` has an "aa" entry, the A/A ratio (torchvision against itself) with its interval."""
+    rec = ratio_record(figure, size, times["ours"], times["tv"], unit=unit, per=per, **extra)
+    paired = [o / t for o, t in zip(times["ours"], times["tv"])]
+    rec["rounds"] = len(paired)
+    rec["ci95"] = list(bootstrap_median_ci(paired))
+    if "aa" in times:
+        aa = [a / t for a, t in zip(times["aa"], times["tv"])]
+        rec["aa_ratio"] = statistics.median(aa)
+        rec["aa_ci95"] = list(bootstrap_median_ci(aa))
+        rec["aa_samples"] = [round(x, 5) for x in times["aa"]]
+    return rec

@@ -63,7 +63,7 @@ def test_ratio_and_alternation():
     assert rec["ours"] == 2.0 and rec["torchvision"] == 4.0 and rec["ratio"] == 0.5
     assert rec["ratio_paired"] == 0.75  # median of 1/4, 3/4, 2/1
     assert format_record(rec) == ("train_step resnet18_c4 256: ours 2.000 s, torchvision 4.000 s, "
-                                  "ratio 0.50 (paired 0.75)")
+                                  "ratio 0.50 (paired 0.75, 3 rounds)")
     thr = ratio_record("throughput_b8", SMALL, [2.0], [4.0], unit="images/s", per=8)
     assert thr["ours"] == 4.0 and thr["torchvision"] == 2.0 and thr["ratio"] == 0.5
     order = []
@@ -119,3 +119,62 @@ def test_train_peer_trains_torchvisions_model_on_the_project_data(tmp_path: Path
     missing = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_peer.py")], cwd=empty,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "run `dvc repro` first" in missing.stderr
+
+
+class FakeClock:
+    """time.perf_counter for `interleaved`: each callable advances it by the seconds it is given."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls: list[str] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, name: str, seconds):
+        it = iter(seconds) if not isinstance(seconds, float) else None
+
+        def fn():
+            self.calls.append(name)
+            self.now += next(it) if it is not None else seconds
+        return fn
+
+
+def test_the_instrument_stops_once_precise_and_states_the_noise_floor(monkeypatch):
+    import itertools
+    import random
+
+    from benchmarks import timing
+
+    clock = FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    fns = {"ours": clock.work("ours", 1.1), "tv": clock.work("tv", 1.0), "aa": clock.work("aa", 1.0)}
+    times = timing.interleaved(fns, warmup=1, min_rounds=5, budget_s=1e9, precision=0.01)
+    assert len(times["ours"]) == 5  # no spread at all: the interval is tight at the minimum
+    rounds = [clock.calls[i:i + 3] for i in range(0, len(clock.calls), 3)]
+    assert all(sorted(r) == ["aa", "ours", "tv"] for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # the order is shuffled from round to round
+    rec = timing.instrument_record("train_step", SMALL, times)
+    assert rec["ratio_paired"] == pytest.approx(1.1) and rec["ci95"] == pytest.approx([1.1, 1.1])
+    assert rec["aa_ratio"] == pytest.approx(1.0) and rec["rounds"] == 5
+
+    # noisy ratios: more rounds, until the budget; the interval then brackets the true 1.0
+    rng = random.Random(1)
+    clock = FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    noisy = (1.0 + rng.uniform(-0.3, 0.3) for _ in itertools.count())
+    fns = {"ours": clock.work("ours", noisy), "tv": clock.work("tv", 1.0)}
+    times = timing.interleaved(fns, warmup=0, min_rounds=5, max_rounds=200, budget_s=80.0,
+                               precision=0.001)
+    assert 38 <= len(times["ours"]) <= 42  # ~80 s of timed rounds of ~2 s each
+    lo, hi = timing.bootstrap_median_ci([o / t for o, t in zip(times["ours"], times["tv"])])
+    assert lo < 1.0 < hi and hi - lo < 0.3
+
+
+def test_bootstrap_interval_of_a_median():
+    from benchmarks.timing import bootstrap_median_ci
+
+    lo, hi = bootstrap_median_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    assert 2.0 <= lo <= 5.0 <= hi <= 8.0
+    assert bootstrap_median_ci([1.0, 2.0]) == bootstrap_median_ci([1.0, 2.0])  # seeded
+    assert all(x != x for x in bootstrap_median_ci([1.0]))  # one round: no interval (NaN)
