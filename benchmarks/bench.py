@@ -265,12 +265,12 @@ def _record_row(r: dict[str, Any]) -> str:
     ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.2f}"
     n = (f"{len(r['ours_samples'])} / {len(r['tv_samples'])}" if "ours_samples" in r else "1")
     paired = f"{r['ratio_paired']:.2f}" if r.get("ratio_paired") is not None else "—"
-    if r.get("ci95") and all(x == x for x in r["ci95"]):
+    if r.get("ci95") and not any(math.isnan(x) for x in r["ci95"]):
         paired += " [{:.2f}, {:.2f}]".format(*r["ci95"])
     aa = "—"
     if r.get("aa_ratio") is not None:
         aa = f"{r['aa_ratio']:.2f}"
-        if all(x == x for x in r.get("aa_ci95", [math.nan])):
+        if not any(math.isnan(x) for x in r.get("aa_ci95", [math.nan])):
             aa += " [{:.2f}, {:.2f}]".format(*r["aa_ci95"])
     return (f"| {r['figure']} | {r['size']} | {dev} | {format_value(r['ours'], unit)} | {peer_s} "
             f"| {ratio} | {paired} | {aa} | {n} |")

@@ -112,7 +112,7 @@ def format_record(rec: dict[str, Any]) -> str:
             f"{peer} {format_value(rec['torchvision'], unit)}, ratio {rec['ratio']:.2f}")
     if rec.get("ratio_paired") is not None and len(rec.get("ours_samples", ())) > 1:
         line += f" (paired {rec['ratio_paired']:.2f}"
-        if rec.get("ci95") and all(x == x for x in rec["ci95"]):
+        if rec.get("ci95") and not any(math.isnan(x) for x in rec["ci95"]):
             line += " [{:.2f}, {:.2f}]".format(*rec["ci95"])
         if rec.get("aa_ratio") is not None:
             line += f", A/A {rec['aa_ratio']:.2f}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -177,4 +178,4 @@ def test_bootstrap_interval_of_a_median():
     lo, hi = bootstrap_median_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
     assert 2.0 <= lo <= 5.0 <= hi <= 8.0
     assert bootstrap_median_ci([1.0, 2.0]) == bootstrap_median_ci([1.0, 2.0])  # seeded
-    assert all(x != x for x in bootstrap_median_ci([1.0]))  # one round: no interval (NaN)
+    assert all(math.isnan(x) for x in bootstrap_median_ci([1.0]))  # one round: no interval (NaN)
