@@ -6,6 +6,8 @@ ratio ours / torchvision:
 1. one training step (forward + backward + SGD step) at batch 2;
 2. inference latency at batch 1 and throughput at batch 8;
 3. peak memory of a training step and of an inference at batch 1;
+4. "what a user runs" (`benchmarks.bench_recipe`): the default recipe of params.yaml (align_grid,
+   channels-last, its autocast) against torchvision given the same trunk and switches;
 
 at two sizes: the reference design's ResNet-50 (C5, stride 32, 2048 channels) at 600/1000 px on
 a VOC-sized 500x375 image, and the small default `resnet18_c4` at the embedded size (256 px).
@@ -36,6 +38,7 @@ from torch import nn
 
 from benchmarks.bench_dataloader import loader_records
 from benchmarks.bench_evaluation import eval_time_records
+from benchmarks.bench_recipe import bench_recipe
 from benchmarks.memory import emit_cpu_memory, measure_memory_cuda
 from benchmarks.peer import SIZES, build_pair, build_torchvision_peer, make_inputs
 from benchmarks.profiling import profile_step
@@ -204,6 +207,7 @@ def run_bench(quick: bool, out_dir: Path = Path("reports"), config_path: Path = 
             records.extend(recs)
             if device == "cpu":
                 sizes_info.append(info)
+    records.extend(bench_recipe(base, quick, rounds_plan(quick, big=False)))
     emit_cpu_memory(records, base, quick)
     emit(records, eval_time_records(1000 if quick else 5000))
     _emit_loader(records, base, quick)

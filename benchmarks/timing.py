@@ -17,24 +17,27 @@ import torch
 from torch import nn
 
 
-def _autocast(device: str, amp: bool):
+def _autocast(device: str, amp: bool, dtype: torch.dtype | None = None):
+    if dtype is not None:  # an explicit autocast dtype (bfloat16 on a CPU that has it)
+        return torch.autocast(device, dtype=dtype)
     if amp and device == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 
 
-def make_train_step(model: nn.Module, images, targets, device: str = "cpu", amp: bool = False
-                    ) -> Callable[[], None]:
-    """One forward + backward + SGD step (momentum, weight decay) on a fixed batch."""
+def make_train_step(model: nn.Module, images, targets, device: str = "cpu", amp: bool = False,
+                    dtype: torch.dtype | None = None) -> Callable[[], None]:
+    """One forward + backward + SGD step (momentum, weight decay) on a fixed batch; `amp`: CUDA
+    float16 autocast with loss scaling; `dtype`: autocast to that dtype instead (no scaling)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     # lr small so that the weights (and hence the proposals) hardly drift between repeats
     opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler("cuda") if (amp and device == "cuda") else None
+    scaler = torch.amp.GradScaler("cuda") if (amp and device == "cuda" and dtype is None) else None
 
     def step() -> None:
         model.train()
-        with _autocast(device, amp):
+        with _autocast(device, amp, dtype):
             losses = model(images, targets)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -49,13 +52,13 @@ def make_train_step(model: nn.Module, images, targets, device: str = "cpu", amp:
     return step
 
 
-def make_infer(model: nn.Module, images, device: str = "cpu", amp: bool = False
-               ) -> Callable[[], None]:
+def make_infer(model: nn.Module, images, device: str = "cpu", amp: bool = False,
+               dtype: torch.dtype | None = None) -> Callable[[], None]:
     model.eval()
 
     def infer() -> None:
         model.eval()
-        with torch.inference_mode(), _autocast(device, amp):
+        with torch.inference_mode(), _autocast(device, amp, dtype):
             model(images)
 
     return infer

@@ -179,3 +179,24 @@ def test_bootstrap_interval_of_a_median():
     assert 2.0 <= lo <= 5.0 <= hi <= 8.0
     assert bootstrap_median_ci([1.0, 2.0]) == bootstrap_median_ci([1.0, 2.0])  # seeded
     assert all(math.isnan(x) for x in bootstrap_median_ci([1.0]))  # one round: no interval (NaN)
+
+
+def test_the_user_recipe_figures_keep_params_yaml_and_give_the_peer_the_same_switches():
+    from benchmarks.bench_recipe import bench_recipe, recipe_configs
+    from frcnn.config import load_config
+    from frcnn.engine.device import autocast_dtype
+    from tests.tiny_project import REPO
+
+    base = load_config(REPO / "params.yaml")
+    ours, peer = recipe_configs(base)
+    assert ours.roi.op == base.roi.op and peer.roi.op == "align"  # torchvision's only RoIAlign
+    assert {k: v for k, v in peer.flat().items() if k != "roi.op"} == {
+        k: v for k, v in ours.flat().items() if k != "roi.op"}
+    recs = bench_recipe(base, True, {"min_rounds": 1, "max_rounds": 1, "budget_s": 0.0})
+    assert [r["figure"] for r in recs] == ["recipe_train_step", "recipe_infer_b1",
+                                           "recipe_throughput_b8"]
+    want = autocast_dtype(torch.device("cpu"), base.train.amp, base.train.amp_dtype)
+    for r in recs:
+        assert r["autocast"] == (str(want).replace("torch.", "") if want else "float32")
+        assert r["ours"] > 0 and r["torchvision"] > 0 and r["aa_ratio"] > 0 and r["rounds"] == 1
+    assert recs[0]["batch"] == base.train.batch_size

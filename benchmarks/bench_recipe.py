@@ -1,0 +1,78 @@
+"""What a user runs: our default recipe against torchvision's detector with the same speed-ups.
+
+The like-for-like figures of `benchmarks.bench` give both sides torchvision's RoIAlign kernel and
+float32. A user of `make repro` runs params.yaml as committed instead: `roi.op: align_grid` (our
+grid_sample RoIAlign), the model in channels-last memory format (frcnn.engine.trainer) and
+`train.amp` (bfloat16 autocast on a CPU that runs it natively, float32 elsewhere). Here the peer is
+torchvision's `FasterRCNN` given the same trunk, anchors, sizes and weights (`benchmarks.peer`,
+torchvision's own RoIAlign kernel, the only one it has) and the same switches a user could turn on
+there: channels-last and the same autocast dtype. Figures: a training step at the recipe's batch
+size, inference at batch 1 and batch 8, as ratios ours / torchvision with their bootstrap
+interval and the A/A noise floor (`benchmarks.timing.interleaved`).
+
+What differs by design, and so counts in the ratio: our RoI op, and our rule that ignores anchors
+crossing the image border in RPN training (`rpn.border_tolerance`; torchvision has none, it matches
+every anchor), both as the user's params.yaml has them.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import torch
+
+from benchmarks.peer import SIZES, build_torchvision_peer, calibrate_batchnorm, make_inputs
+from benchmarks.timing import (emit, instrument_record, interleaved, make_infer,
+                               make_train_step)
+from frcnn.config import Config, config_from_dict
+from frcnn.engine.device import autocast_dtype
+from frcnn.model.build import build_model
+
+SIZE = "resnet18_c4 256"  # the embedded data's image size and the default trunk
+
+
+def recipe_configs(base: Config) -> tuple[Config, Config]:
+    """(ours, the peer's): params.yaml as the user has it, random weights (no download), and the
+    peer's copy with the only RoI op torchvision has."""
+    ours = config_from_dict(base.to_dict(), {"model.pretrained": False})
+    peer = config_from_dict(ours.to_dict(), {"roi.op": "align", "roi.head": "mlp"})
+    return ours, peer
+
+
+def bench_recipe(base: Config, quick: bool, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three "what a user runs" figures on the CPU; [] with a skip record if the recipe
+    cannot have a torchvision twin (roi.op pool, roi.head avg)."""
+    records: list[dict[str, Any]] = []
+    cfg, peer_cfg = recipe_configs(base)
+    tag = {"device": "cpu", "threads": torch.get_num_threads(), "comparison": "user recipe"}
+    if cfg.roi.op == "pool" or cfg.roi.head != "mlp":
+        emit(records, {"figure": "recipe_train_step", "size": SIZE, "unit": "s", **tag,
+                       "skipped": f"roi.op {cfg.roi.op} / roi.head {cfg.roi.head}: no torchvision twin"})
+        return records
+    dtype = autocast_dtype(torch.device("cpu"), cfg.train.amp, cfg.train.amp_dtype)
+    tag["autocast"] = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    torch.manual_seed(0)
+    ours = build_model(cfg, num_classes=SIZES[SIZE]["num_classes"])
+    calibrate_batchnorm(ours, make_inputs(SIZE, 2, seed=100)[0])
+    tv = build_torchvision_peer(peer_cfg, ours)
+    aa = build_torchvision_peer(peer_cfg, ours)
+    for m in (ours, tv, aa):
+        m.to(memory_format=torch.channels_last)  # as frcnn.engine.trainer does; the peer likewise
+    models = (("ours", ours), ("tv", tv), ("aa", aa))
+    label = f"{SIZE}, params.yaml ({cfg.roi.op}, {tag['autocast']}, channels-last)"
+
+    batch = cfg.train.batch_size
+    images, targets = make_inputs(SIZE, batch, seed=2)
+    steps = {k: make_train_step(m, images, targets, dtype=dtype) for k, m in models}
+    emit(records, instrument_record("recipe_train_step", label, interleaved(steps, **plan),
+                                    batch=batch, **tag))
+    del steps
+    gc.collect()
+    for figure, n in (("recipe_infer_b1", 1), ("recipe_throughput_b8", 8)):
+        batch_images = make_inputs(SIZE, n, seed=3)[0]
+        fns = {k: make_infer(m, batch_images, dtype=dtype) for k, m in models}
+        unit = "images/s" if n > 1 else "s"
+        emit(records, instrument_record(figure, label, interleaved(fns, **plan), unit=unit, per=n,
+                                        batch=n, **tag))
+    return records
