@@ -170,6 +170,9 @@ def test_the_instrument_stops_once_precise_and_states_the_noise_floor(monkeypatc
     assert 38 <= len(times["ours"]) <= 42  # ~80 s of timed rounds of ~2 s each
     lo, hi = timing.bootstrap_median_ci([o / t for o, t in zip(times["ours"], times["tv"])])
     assert lo < 1.0 < hi and hi - lo < 0.3
+    # a spent budget still leaves the figure its minimum rounds
+    times = timing.interleaved(fns, warmup=0, min_rounds=3, budget_s=0.0)
+    assert len(times["ours"]) == 3
 
 
 def test_bootstrap_interval_of_a_median():
