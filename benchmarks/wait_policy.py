@@ -104,6 +104,8 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
              f"{meta['commit']}, {meta['when']}. Default recipe (params.yaml), batch of 4 random "
              f"256-px images, median of {meta['steps'] - 2} steps per process, {meta['rounds']} "
              f"rounds alternating the policies. busy = one CPU-bound process per core beside it. "
+             "The times are medians over rounds; the ratio is the median of each round's own "
+             "passive / spin (with its range), so it need not equal the ratio of the two medians. "
              "Ratio < 1: sleeping threads are faster."), "",
              "| load | spin (libgomp default) | passive (frcnn's default) | passive / spin (range) |",
              "|---|---|---|---|"]

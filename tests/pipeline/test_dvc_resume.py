@@ -55,8 +55,11 @@ def _repro(root: Path) -> subprocess.CompletedProcess[str]:
 def _interrupted(cmd: list[str], cwd: Path, at_step: int) -> tuple[int, str]:
     """Run `cmd` in its own process group and Ctrl-C it (SIGINT to the group, as a terminal
     does) once training has logged `at_step` steps -> (exit code, output)."""
+    # SIGINT handled by default, as in a terminal: a test run from a background job (`make
+    # test-all &`, nohup) inherits SIGINT ignored, and an ignored Ctrl-C would interrupt nothing
     proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(64), "")))
     reader.start()
