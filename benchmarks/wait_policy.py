@@ -119,6 +119,7 @@ def main() -> None:
     import torch
 
     from frcnn.fileio import atomic_write_json, atomic_write_text
+    from frcnn.tools.study import cpu_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -128,14 +129,9 @@ def main() -> None:
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True, check=False).stdout.strip() or "unknown"
-    meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    meta = {"machine": cpu_model() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "commit": commit, "rounds": args.rounds, "steps": args.steps,
             "when": time.strftime("%Y-%m-%d")}
-    try:
-        with open("/proc/cpuinfo") as f:
-            meta["machine"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     rows = measure(args.rounds, args.steps, args.params)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "wait_policy.json", {"meta": meta, "rows": rows})
