@@ -9,6 +9,7 @@ Unreadable files are reported and skipped; the rest are still processed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from frcnn.config import Config, ConfigError, config_from_dict
 from frcnn.data.image_io import load_rgb
 from frcnn.engine.checkpoint import load_checkpoint, load_weights
+from frcnn.engine.device import autocast_dtype
 from frcnn.errors import CheckpointError
 from frcnn.model.build import build_model
 from frcnn.model.faster_rcnn import FasterRCNN
@@ -87,18 +89,41 @@ def detections_to_json(path: Path, image: torch.Tensor, det: dict[str, torch.Ten
 
 
 __all__ = ["load_detector", "read_image", "iter_image_files", "detections_to_json", "predict",
-           "to_coco_results"]
+           "inference_precision", "to_coco_results"]
+
+
+def inference_precision(model: nn.Module, device: torch.device, amp: bool = False,
+                        channels_last: bool = False) -> contextlib.AbstractContextManager:
+    """Set up `model` for the opt-in `eval.amp` / `eval.channels_last` and return the context to
+    run it in. Both off (the default): the model is left as it is and the context does nothing, so
+    the numbers are exactly float32's. `amp` resolves as `train.amp` does (bfloat16 on a CPU with
+    native support, else float32; float16 on CUDA)."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    dtype = autocast_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _float_outputs(det: dict[str, Tensor]) -> dict[str, Tensor]:
+    # under autocast a score may come out in bfloat16; callers get float32 (a no-op otherwise)
+    return {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in det.items()}
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-            progress: bool = True) -> Iterator[tuple[Tensor, dict[str, Any], dict[str, Tensor]]]:
-    """Yield (image, target, detections on CPU) per image; boxes (D, 4) xyxy in its pixels."""
+            progress: bool = True, *, amp: bool = False, channels_last: bool = False
+            ) -> Iterator[tuple[Tensor, dict[str, Any], dict[str, Tensor]]]:
+    """Yield (image, target, detections on CPU) per image; boxes (D, 4) xyxy in its pixels.
+    `amp` / `channels_last`: `eval.amp` / `eval.channels_last` (see `inference_precision`)."""
     model.eval().to(device)
+    context = inference_precision(model, device, amp, channels_last)
     for images, targets in tqdm(loader, desc="predict", disable=not progress, dynamic_ncols=True):
-        detections = model([img.to(device) for img in images])
+        with context:
+            detections = model([img.to(device) for img in images])
         for image, target, det in zip(images, targets, detections):
-            yield image, target, {k: v.cpu() for k, v in det.items()}
+            yield image, target, _float_outputs(det)
 
 
 @torch.inference_mode()

@@ -45,7 +45,8 @@ def detect(cfg: Config, test_json: Path, checkpoint: Path
                                          collate_fn=collate_fn, num_workers=cfg.train.num_workers)
     results: list[dict[str, Any]] = []
     preview: list[tuple[Any, Any, Any]] = []
-    for image, target, det in predict(model, loader, select_device(cfg.train.device)):
+    for image, target, det in predict(model, loader, select_device(cfg.train.device),
+                                      amp=cfg.eval.amp, channels_last=cfg.eval.channels_last):
         results.extend(to_coco_results(target["image_id"], det))
         if len(preview) < cfg.eval.num_preview:
             preview.append((image, target, det))

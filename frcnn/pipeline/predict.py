@@ -29,6 +29,7 @@ from frcnn.config import config_from_dict
 from frcnn.engine.checkpoint import load_checkpoint
 from frcnn.engine.inference import (
     detections_to_json,
+    inference_precision,
     iter_image_files,
     load_detector,
     read_image,
@@ -125,10 +126,12 @@ def _draw(path: Path, image: torch.Tensor, det: dict[str, torch.Tensor], class_n
 
 @torch.inference_mode()
 def predict_files(model: FasterRCNN, class_names: list[str], paths: Iterable[Path], out_dir: Path,
-                  conf: float = 0.5) -> Predicted:
-    """Detect on every image file (folders expanded); output names as in the module docstring."""
+                  conf: float = 0.5, *, amp: bool = False, channels_last: bool = False) -> Predicted:
+    """Detect on every image file (folders expanded); output names as in the module docstring.
+    `amp` / `channels_last`: `eval.amp` / `eval.channels_last` (`inference_precision`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
+    context = inference_precision(model, device, amp, channels_last)
     inputs = input_files(paths)  # all of them before writing anything: none may be overwritten
     names = OutputNames(out_dir, inputs)
     result = Predicted([], [], [])
@@ -138,9 +141,10 @@ def predict_files(model: FasterRCNN, class_names: list[str], paths: Iterable[Pat
         except ValueError as exc:
             result.errors.append(str(exc))
             continue
-        det = model([image.to(device)])[0]
+        with context:
+            det = model([image.to(device)])[0]
         keep = det["scores"] >= conf
-        det = {k: v[keep].cpu() for k, v in det.items()}
+        det = {k: (v.float() if v.is_floating_point() else v)[keep].cpu() for k, v in det.items()}
         stem, note = names.stem(path)
         if note is not None:
             result.notes.append(note)
@@ -158,7 +162,8 @@ def command(paths: Annotated[list[Path], typer.Argument(help="image files or fol
             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Detect objects in images: a JSON of detections and a drawn PNG per image. The model is the
     checkpoint's; the inference-only keys (rpn.*_test, roi.score_thresh/nms_thresh/
-    detections_per_img) come from --params when that file exists, then from --set."""
+    detections_per_img, eval.amp, eval.channels_last) come from --params when that file exists,
+    then from --set."""
     with user_errors():
         if params.is_file():
             inference = load(params, set_)
@@ -166,7 +171,9 @@ def command(paths: Annotated[list[Path], typer.Argument(help="image files or fol
             inference = config_from_dict(load_checkpoint(checkpoint).get("config", {}),
                                          parse_overrides(set_))
         model, names = load_detector(checkpoint, inference=inference)
-    written, errors, notes = predict_files(model, names, paths, out, conf=conf)
+    written, errors, notes = predict_files(model, names, paths, out, conf=conf,
+                                           amp=inference.eval.amp,
+                                           channels_last=inference.eval.channels_last)
     for line in errors:
         typer.echo(f"skipped: {line}", err=True)
     for line in notes:
