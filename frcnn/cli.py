@@ -19,6 +19,7 @@ from frcnn.pipeline import (
     augment,
     download,
     evaluate,
+    explain,
     predict,
     preprocess,
     pretrain,
@@ -39,7 +40,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 for _name, _stage in [("download", download), ("preprocess", preprocess), ("augment", augment),
                       ("pretrain", pretrain), ("train", train), ("evaluate", evaluate),
-                      ("report", report), ("predict", predict)]:
+                      ("report", report), ("predict", predict), ("explain", explain)]:
     app.command(_name)(_stage.command)
 
 

@@ -52,6 +52,8 @@ def stage_paths(stage: str, root: Path) -> dict[str, Any]:
         "evaluate": dict(test_json=data / "processed" / "test.json", checkpoint=models / "model.pt",
                          reports=reports, detections=data / "detections" / "test.json",
                          project=root),
+        "explain": dict(checkpoint=models / "model.pt", gt=data / "processed" / "test.json",
+                        out=reports / "explain", log=True, project=root),
         "report": dict(metrics_json=reports / "metrics.json",
                        per_class_csv=reports / "per_class_ap.csv",
                        train_summary_json=reports / "train" / "summary.json",

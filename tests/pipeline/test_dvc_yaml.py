@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("download", "preprocess", "augment", "pretrain", "train", "evaluate", "report")
+STAGES = ("download", "preprocess", "augment", "pretrain", "train", "evaluate", "explain", "report")
 
 
 def _module_file(module: str) -> Path | None:
@@ -89,14 +89,18 @@ def test_a_stages_cmd_passes_the_paths_its_command_defaults_to(stage: str) -> No
     command = importlib.import_module(f"frcnn.pipeline.{stage}").command
     argv = shlex.split(_dvc()[stage]["cmd"])
     assert argv[:2] == ["python", f"stages/{stage}.py"]
-    # train alone ends with a flag: a killed `dvc repro` continues its checkpoint
-    assert (argv[-1] == "--auto-resume") == (stage == "train")
-    argv = argv[:-1] if stage == "train" else argv
+    # a closing flag: train's lets a killed `dvc repro` continue its checkpoint; explain's logs
+    # its figures to the experiment's MLflow run
+    flag = {"train": "--auto-resume", "explain": "--log"}.get(stage)
+    assert (argv[-1] == flag) if flag else not argv[-1].startswith("--")
+    argv = argv[:-1] if flag else argv
     passed = dict(zip(argv[2::2], argv[3::2]))
     defaults = {f"--{name.replace('_', '-')}": str(p.default)
                 for name, p in inspect.signature(command).parameters.items()
                 if isinstance(p.default, Path) and name != "params"}
-    assert passed == defaults
+    # beyond its paths, explain says which test image it draws
+    chosen = {"explain": {"--gt": "data/processed/test.json", "--pick": "0"}}.get(stage, {})
+    assert passed == {**defaults, **chosen}
 
 
 def test_the_report_stage_depends_on_no_training_code() -> None:

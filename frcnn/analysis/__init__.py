@@ -1,0 +1,1 @@
+"""Looking inside the detector: what one forward pass computed, stage by stage."""
