@@ -102,6 +102,26 @@ def anchors_show(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
 
 
 @app.command()
+def register(checkpoint: Annotated[Path, typer.Option(help="the train run is this checkpoint's")] = Path("models/model.pt"),
+             run: Annotated[str | None, typer.Option("--run", help="MLflow run id (default: the checkpoint's run)")] = None,
+             name: Annotated[str, typer.Option(help="registered model name")] = "frcnn",
+             alias: Annotated[str | None, typer.Option(help="point this alias (e.g. candidate) at the new version")] = None,
+             ) -> None:
+    """Register the MLflow model a train run logged (tracking.log_model) as a new model version."""
+    from frcnn.deploy.mlflow_model import register as register_model
+    from frcnn.engine.checkpoint import load_checkpoint
+    from frcnn.pipeline.tracking import tracking_root, tracking_uri
+
+    with user_errors():
+        run_id = run or load_checkpoint(checkpoint).get("mlflow_run_id") or ""
+        if not run_id:
+            raise ConfigError(f"{checkpoint}: records no MLflow run (trained without tracking); "
+                              "pass --run")
+        _, uri = register_model(tracking_uri(tracking_root(Path("."))), run_id, name, alias)
+    typer.echo(f"registered {uri} (run {run_id})" + (f", alias {alias}" if alias else ""))
+
+
+@app.command()
 def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml (default: all)")] = None,
            seeds: Annotated[int, typer.Option(min=1, help="runs per setting, seeds 0..N-1")] = 1,
            set_: SetOpt = None,
@@ -133,7 +153,9 @@ def ablate(grid: Annotated[str | None, typer.Option(help="grid of ablations.yaml
     with user_errors(OSError, yaml.YAMLError):
         grids, test_only = load_study_file(grids_file)
         base = yaml.safe_load(Path(params).read_text()) or {}
-        runs = plan_study(grids, base, grid, seeds, parse_overrides(set_))
+        # ~40 runs need no MLflow model each (the study's records are keyed without tracking.*)
+        runs = plan_study(grids, base, grid, seeds,
+                          {"tracking.log_model": False, **parse_overrides(set_)})
     for run in runs:
         typer.echo(f"{run.name:45s} {run.dvc_command()}")
     if dry_run:

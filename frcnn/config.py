@@ -179,6 +179,13 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    # the trained model as an MLflow model in the train run (a pyfunc: images in, detections
+    # out); each is a weights-only copy of the checkpoint, so a long study turns it off
+    log_model: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -191,6 +198,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The nested dict as written in params.yaml (`lambda`, lists), for logging and checkpoints."""

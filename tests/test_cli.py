@@ -128,7 +128,7 @@ def test_ablate_dry_run_lists_the_runs_and_runs_nothing(runner: CliRunner, tmp_p
     assert names == ["baseline-default-s0", "baseline-default-s1", "lambda-1.0-s0",
                      "lambda-1.0-s1", "lambda-10.0-s0", "lambda-10.0-s1"]
     assert result.stdout.splitlines()[2].endswith(
-        "dvc exp run -n lambda-1.0-s0 -S loss.lambda=1.0 -S train.max_steps=50 -S seed=0")
+        "dvc exp run -n lambda-1.0-s0 -S loss.lambda=1.0 -S tracking.log_model=false -S train.max_steps=50 -S seed=0")
     assert list(tmp_path.iterdir()) == []
 
     unknown = runner.invoke(app, ["ablate", "--grid", "nope", "--dry-run",

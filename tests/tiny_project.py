@@ -29,6 +29,7 @@ def tiny_params() -> dict[str, Any]:
                            log_every=1, checkpoint_every=100, device="cpu", amp=False)
     params["eval"].update(batch_size=3, num_preview=2)
     params["pretrain"].update(steps=0)  # test_pretrain.py covers it
+    params["tracking"].update(log_model=False)  # seconds per train stage; tests/deploy covers it
     return params
 
 

@@ -157,7 +157,8 @@ class RoIHeads(nn.Module):
             return [], {"loss_classifier": cls, "loss_box_reg": reg}
         x = self.box_head(self.pool(features, proposals))
         class_logits, box_deltas = self.predictor(x)
-        return self.postprocess(class_logits, box_deltas, proposals, image_sizes), {}
+        # scores and boxes in float32 under any autocast (eval.amp), as in the RPN
+        return self.postprocess(class_logits.float(), box_deltas.float(), proposals, image_sizes), {}
 
     def postprocess(self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
                     image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:

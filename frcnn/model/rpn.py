@@ -81,6 +81,10 @@ class RegionProposalNetwork(nn.Module):
         objectness = objectness.permute(0, 2, 3, 1).reshape(n, -1)
         deltas = deltas.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
         anchors = self.anchor_generator((h, w), features.device)  # (M, 4)
+        if not self.training:
+            # decode in float32 under any autocast (eval.amp): bfloat16 box corners are ~2 px
+            # coarse at 500 px. Training keeps its autocast dtype, as the recorded runs did.
+            objectness, deltas = objectness.float(), deltas.float()
 
         proposals = self.propose(objectness.detach(), deltas.detach(), anchors, image_sizes)
         losses: dict[str, Tensor] = {}

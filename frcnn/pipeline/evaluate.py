@@ -117,6 +117,7 @@ def run(cfg: Config, *, test_json: Path, checkpoint: Path, reports: Path, detect
         tracker.log_metrics({f"ap50.{n}": float(coco["per_class_ap50"][n]) for n in names})
         tracker.log_metrics({f"errors.{k}": float(v) for k, v in errors["delta_ap50"].items()})
         tracker.log_metrics({f"errors.count.{k}": float(v) for k, v in errors["counts"].items()})
+        tracker.log_dataset(test_json, context="eval")
         for name in ("metrics.json", "errors.json", "per_class_ap.csv", "pr_curves.png",
                      "errors.png", "detections.png"):
             tracker.log_artifact(reports / name)

@@ -37,6 +37,10 @@ from frcnn.config import Config, config_from_dict, flatten
 from frcnn.errors import ConfigError
 
 DEFAULT_EXPERIMENT = "frcnn"
+# Without this tag MLflow 3's UI opens an experiment in its GenAI view (traces, sessions, judges);
+# with it, on the training runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+MODEL_URI_TAG = "frcnn.model_uri"  # the run's logged MLflow model, for `frcnn register`
 MAX_PARAM_CHARS = 6000  # MLflow's MAX_PARAM_VAL_LENGTH; longer values are rejected, not truncated
 MAX_TAG_CHARS = 8000  # MLflow's MAX_TAG_VAL_LENGTH
 _TRUNCATION_NOTE = "...[truncated]"
@@ -199,13 +203,16 @@ class Tracker:
             location = (None if self._http or "MLFLOW_TRACKING_URI" in os.environ
                         else (project_root.resolve() / "mlruns").as_uri())
             try:
-                return self._client.create_experiment(name, artifact_location=location)
+                return self._client.create_experiment(name, artifact_location=location,
+                                                      tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException as exc:  # another process created it between our two calls
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 exp = self._client.get_experiment_by_name(name)
         if exp.lifecycle_stage == "deleted":
             self._client.restore_experiment(exp.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # one made before, or elsewhere
+            self._client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
 
     def _resume(self, run_id: str) -> Any:
@@ -293,6 +300,48 @@ class Tracker:
         with self._guard():
             self._client.log_dict(self.run_id, dict(d), name)
 
+    def log_dataset(self, path: Path, context: str) -> None:
+        """Record a COCO JSON split as the run's dataset input (`context`: "train" or "eval"):
+        its name, SHA-256 digest, path, and image/object counts as the profile."""
+        if not self.enabled:
+            return
+        import hashlib
+        import json
+
+        with self._guard():
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            raw = Path(path).read_bytes()
+            coco = json.loads(raw)
+            profile = {"images": len(coco.get("images", [])),
+                       "objects": len(coco.get("annotations", [])),
+                       "classes": [c["name"] for c in coco.get("categories", [])]}
+            dataset = Dataset(name=f"{Path(path).parent.name}/{Path(path).stem}",
+                              digest=hashlib.sha256(raw).hexdigest()[:16], source_type="local",
+                              source=json.dumps({"uri": str(Path(path).resolve())}),
+                              profile=json.dumps(profile))
+            self._client.log_inputs(self.run_id, datasets=[
+                DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+    def log_model(self, checkpoint: Path, example_images: list[Path]) -> str | None:
+        """Log `checkpoint` as the run's MLflow model (`frcnn.deploy.mlflow_model`: a pyfunc with
+        a signature and `example_images` as its input example); returns its model URI and tags
+        the run with it (`frcnn.model_uri`)."""
+        if not self.enabled:
+            return None
+        with self._guard():
+            import mlflow
+
+            from frcnn.deploy.mlflow_model import log_detector
+
+            # the fluent API (log_model needs an active run) reads the store from the variable;
+            # set only for this call, and never mlflow.set_tracking_uri, whose value would stick
+            with _env({"MLFLOW_TRACKING_URI": self.uri}), mlflow.start_run(run_id=self.run_id):
+                info = log_detector(checkpoint, example_images)
+            self._client.set_tag(self.run_id, MODEL_URI_TAG, info.model_uri)
+            return info.model_uri
+        return None
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.enabled or not tags:
             return
@@ -370,8 +419,11 @@ def start_stage_run(project: Path, cfg: Config, stage: str, run_id: str | None =
     """The MLflow run of one pipeline stage (train opens it, evaluate reopens it by `run_id`),
     named after its DVC experiment, with `cfg`'s params, tagged with the code version and what
     the ablation varies."""
+    # the UI's Source column: the stage that opened the run (evaluate and explain reopen it)
+    source = {"mlflow.source.name": f"stages/{stage}.py", "mlflow.source.type": "LOCAL"}
     return Tracker.start(tracking_root(project), run_name=os.environ.get("DVC_EXP_NAME"),
                          params=cfg.flat(),
                          tags={**default_tags(project, cfg.data.dataset), f"stage.{stage}": "done",
-                               **ablation_tags(project, cfg.to_dict())},
+                               **ablation_tags(project, cfg.to_dict()),
+                               **(source if stage == "train" else {})},
                          run_id=run_id)

@@ -128,6 +128,9 @@ def run(cfg: Config, *, train_json: Path, backbone: Path, checkpoint: Path, repo
             tracker.log_artifact(reports / "loss.csv")
             tracker.log_dict(cfg.to_dict(), "params.json")
             tracker.set_tags({"checkpoint": str(checkpoint.resolve())})
+            tracker.log_dataset(train_json, context="train")
+            if cfg.tracking.log_model:  # its input example: the first training images
+                tracker.log_model(checkpoint, [Path(im["path"]) for im in dataset.images[:2]])
         return summary
     finally:
         if torch.distributed.is_initialized():

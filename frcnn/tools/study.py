@@ -219,7 +219,9 @@ def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
 def run_key(params: dict[str, Any], data_digest: str, code_fingerprint: str,
             env: dict[str, Any]) -> str:
     """The content key of a run: its canonical params, data, numerics fingerprint, environment."""
-    payload = {"params": canonical_params(params), "data": data_digest, "code": code_fingerprint,
+    # what is only logged (tracking.*) does not change what a run computes
+    numeric = {k: v for k, v in canonical_params(params).items() if k != "tracking"}
+    payload = {"params": numeric, "data": data_digest, "code": code_fingerprint,
                "env": {k: env[k] for k in ("torch", "threads", "train_precision", "cpu",
                                            "cpu_capability", "device")}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -93,6 +93,12 @@ def test_the_key_covers_params_data_code_and_environment(project):
     assert key != run_key(cfg.to_dict(), "d2", "f", env)
     assert key != run_key(cfg.to_dict(), "d", "f2", env)
     assert key != run_key(cfg.to_dict(), "d", "f", {**env, "train_precision": "bfloat16"})
+    # what is only logged is not what a run computes: the study turns model logging off
+    quiet = cfg.to_dict()
+    quiet["tracking"]["log_model"] = not quiet["tracking"]["log_model"]
+    assert run_key(quiet, "d", "f", env) == key
+    no_section = {k: v for k, v in cfg.to_dict().items() if k != "tracking"}
+    assert run_key(no_section, "d", "f", env) == key
     # a record made before a knob existed (its params lack the key, or hold what its automatic
     # default resolves to) is the same run; a knob the code no longer has is refused
     older = cfg.to_dict()
