@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from frcnn.deploy import export
 from frcnn.errors import ConfigError, DataError
 from frcnn.pipeline import (
     augment,
@@ -38,7 +39,7 @@ from frcnn.pipeline.command import (  # noqa: F401
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Faster R-CNN from first principles: pipeline stages and tools.")
 
-for _name, _stage in [("download", download), ("preprocess", preprocess), ("augment", augment),
+for _name, _stage in [("export", export), ("download", download), ("preprocess", preprocess), ("augment", augment),
                       ("pretrain", pretrain), ("train", train), ("evaluate", evaluate),
                       ("report", report), ("predict", predict), ("explain", explain)]:
     app.command(_name)(_stage.command)

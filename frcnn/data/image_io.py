@@ -8,9 +8,12 @@ pixels and boxes share the displayed frame. A file without the tag reads exactly
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 ORIENTATION_TAG = 0x0112
 _TRANSPOSED = {5, 6, 7, 8}  # the orientations that swap width and height
@@ -36,3 +39,12 @@ def displayed_size(stored: tuple[int, int], exif_orientation: int) -> tuple[int,
     """(width, height) as displayed, from the stored (width, height) and the orientation."""
     w, h = stored
     return (h, w) if exif_orientation in _TRANSPOSED else (w, h)
+
+
+def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files as given, folders expanded (sorted) to the image files they hold."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from frcnn.config import Config, ConfigError, config_from_dict
-from frcnn.data.image_io import load_rgb
+from frcnn.data.image_io import IMAGE_SUFFIXES, iter_image_files, load_rgb  # noqa: F401 -- re-exported
 from frcnn.engine.checkpoint import load_checkpoint, load_weights
 from frcnn.engine.device import autocast_dtype
 from frcnn.errors import CheckpointError
 from frcnn.model.build import build_model
 from frcnn.model.faster_rcnn import FasterRCNN
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
 
 # keys that change what a trained model outputs, not what it learned: free to set at evaluation
 INFERENCE_RPN_KEYS = ("pre_nms_top_n_test", "post_nms_top_n_test", "nms_thresh", "min_box_size")
@@ -62,15 +59,6 @@ def load_detector(checkpoint: Path, device: torch.device | str = "cpu",
     return model.eval().to(device), list(state["class_names"])
 
 
-def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files as given, folders expanded (sorted) to the image files they hold."""
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            yield path
-
-
 def read_image(path: Path) -> torch.Tensor:
     """An image file -> (3, H, W) float in [0, 1]; raises ValueError naming the file."""
     try:
@@ -80,16 +68,14 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
-def detections_to_json(path: Path, image: torch.Tensor, det: dict[str, torch.Tensor],
-                       class_names: list[str]) -> dict[str, Any]:
-    return {"image": str(path), "height": int(image.shape[1]), "width": int(image.shape[2]),
-            "detections": [{"label": int(lab), "class": class_names[int(lab) - 1],
-                            "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
-                           for b, lab, s in zip(det["boxes"], det["labels"], det["scores"])]}
-
-
-__all__ = ["load_detector", "read_image", "iter_image_files", "detections_to_json", "predict",
-           "inference_precision", "to_coco_results"]
+__all__ = [
+    "inference_precision",
+    "iter_image_files",
+    "load_detector",
+    "predict",
+    "read_image",
+    "to_coco_results",
+]
 
 
 def inference_precision(model: nn.Module, device: torch.device, amp: bool = False,

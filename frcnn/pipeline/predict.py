@@ -16,103 +16,31 @@ names. Folders are expanded to their image files minus the figures predict drew 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from typing import Annotated
 
 import torch
 import typer
-from PIL import Image
 
 from frcnn.config import config_from_dict
 from frcnn.engine.checkpoint import load_checkpoint
 from frcnn.engine.inference import (
-    detections_to_json,
     inference_precision,
-    iter_image_files,
     load_detector,
     read_image,
 )
 from frcnn.fileio import atomic_savefig, atomic_write_json
 from frcnn.model.faster_rcnn import FasterRCNN
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, parse_overrides, user_errors
+from frcnn.pipeline.outputs import (
+    FIGURE_KEY,
+    OutputNames,
+    Predicted,
+    detections_to_json,
+    input_files,
+)
 from frcnn.plots.draw import draw_boxes, plt, show_image
-
-FIGURE_KEY = "frcnn-predict-input"  # PNG text chunk: the resolved input a drawn figure shows
-
-
-class Predicted(NamedTuple):
-    written: list[Path]  # the JSON files written
-    errors: list[str]  # one line per skipped (unreadable) input
-    notes: list[str]  # one line per image whose outputs were renamed not to overwrite a file
-
-
-def figure_input(path: Path) -> str | None:
-    """The resolved input a PNG drawn by predict shows, or None for any other file."""
-    if path.suffix.lower() != ".png":
-        return None
-    try:
-        with Image.open(path) as im:
-            value = im.info.get(FIGURE_KEY)
-    except (OSError, ValueError, SyntaxError):  # not an image, unreadable, a folder ...
-        return None
-    return value if isinstance(value, str) else None
-
-
-def _json_input(path: Path) -> str | None:
-    """The resolved "image" of a JSON predict wrote, or None for any other file."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    image = record.get("image") if isinstance(record, dict) else None
-    return str(Path(image).resolve()) if isinstance(image, str) else None
-
-
-def input_files(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files, minus the figures predict drew."""
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            out += [p for p in iter_image_files([path]) if figure_input(p) is None]
-        else:
-            out.append(path)
-    return out
-
-
-class OutputNames:
-    """Chooses each image's output stem in `out_dir` by the rules in the module docstring."""
-
-    def __init__(self, out_dir: Path, inputs: Iterable[Path]) -> None:
-        self.out_dir = out_dir
-        self.inputs = {p.resolve() for p in inputs}
-        self.used: set[str] = set()
-
-    def _blocker(self, stem: str, image: Path) -> str | None:
-        """Why `stem` cannot be `image`'s ("" if written in this run), None if it can."""
-        if stem in self.used:
-            return ""
-        owner = str(image.resolve())
-        for suffix, belongs_to in ((".json", _json_input), (".png", figure_input)):
-            path = self.out_dir / f"{stem}{suffix}"
-            if path.resolve() in self.inputs:
-                return f"{path} is an input"
-            if (path.exists() or path.is_symlink()) and belongs_to(path) != owner:
-                return f"{path} exists and is not predict's output for {image}"
-        return None
-
-    def stem(self, image: Path) -> tuple[str, str | None]:
-        """(stem for `image`'s .json and .png, a note if a file made it rename them)."""
-        stem, n, why = image.stem, 2, None
-        while (blocker := self._blocker(stem, image)) is not None:
-            why = why or blocker or None
-            stem, n = f"{image.stem}-{n}", n + 1
-        self.used.add(stem)
-        if why is None:
-            return stem, None
-        return stem, (f"{why}, not overwritten: {image}'s detections go to "
-                      f"{self.out_dir / stem}.json and .png")
 
 
 def _draw(path: Path, image: torch.Tensor, det: dict[str, torch.Tensor], class_names: list[str],
@@ -159,11 +87,18 @@ def command(paths: Annotated[list[Path], typer.Argument(help="image files or fol
             checkpoint: Annotated[Path, typer.Option(help="trained checkpoint")] = Path("models/model.pt"),
             conf: Annotated[float, typer.Option(help="minimum score to keep")] = 0.5,
             out: Annotated[Path, typer.Option(help="output folder")] = Path("predictions"),
-            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+            model: Annotated[Path | None, typer.Option(help="an exported model.onnx instead of the checkpoint (runs without torch)")] = None,
+            ) -> None:
     """Detect objects in images: a JSON of detections and a drawn PNG per image. The model is the
     checkpoint's; the inference-only keys (rpn.*_test, roi.score_thresh/nms_thresh/
     detections_per_img, eval.amp, eval.channels_last) come from --params when that file exists,
     then from --set."""
+    if model is not None:  # `frcnn` itself routes this before importing torch (frcnn.entry)
+        from frcnn.deploy.onnx_predict import main as onnx_main
+
+        raise typer.Exit(code=onnx_main([*map(str, paths), "--model", str(model), "--conf",
+                                         str(conf), "--out", str(out)]))
     with user_errors():
         if params.is_file():
             inference = load(params, set_)
