@@ -112,19 +112,27 @@ def _recording() -> Iterator[_Recorder]:
 
 
 @contextlib.contextmanager
-def _training_mode_without_side_effects(model: nn.Module) -> Iterator[None]:
-    """Training-mode matching and sampling, test-time resize, BatchNorm statistics untouched."""
+def _modes_restored(model: nn.Module) -> Iterator[None]:
+    """Every submodule's train/eval mode as it was afterwards (`model.train(flag)` would set all
+    of them alike, e.g. wake a backbone the caller had put in eval mode), also on an error."""
     modes = {m: m.training for m in model.modules()}
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    model.transform.eval()  # the test size, so both passes share one resized image and anchors
     try:
         yield
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+@contextlib.contextmanager
+def _training_mode_without_side_effects(model: nn.Module) -> Iterator[None]:
+    """Training-mode matching and sampling, test-time resize, BatchNorm statistics untouched."""
+    with _modes_restored(model):
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        model.transform.eval()  # the test size, so both passes share one resized image, anchors
+        yield
 
 
 def trace(model: FasterRCNN, image: Tensor, gt: dict[str, Tensor] | None = None,
@@ -134,15 +142,13 @@ def trace(model: FasterRCNN, image: Tensor, gt: dict[str, Tensor] | None = None,
     anchors and RoIs (the global RNG is restored afterwards)."""
     device = next(model.parameters()).device
     image = image.to(device)
-    was_training = model.training
-    with torch.inference_mode(), _recording() as rec:
+    with torch.inference_mode(), _recording() as rec, _modes_restored(model):
         model.eval()
         rec.hook(model.transform, "transform")
         rec.hook(model.rpn.head, "rpn_head")
         rec.wrap(model.rpn, "propose", "propose")
         rec.wrap(rpn_module, "batched_nms", "rpn_nms")
         detections = model([image])[0]
-    model.train(was_training)
 
     _, sizes, _ = rec.last("transform")[2]
     objectness_map = rec.last("rpn_head")[2][0]                      # (1, A, H, W)
@@ -175,7 +181,9 @@ def _training_view(model: FasterRCNN, image: Tensor, gt: dict[str, Tensor], seed
                    ) -> TrainingView:
     target = {"boxes": gt["boxes"].to(image.device, torch.float32),
               "labels": gt["labels"].to(image.device, torch.int64)}
-    with (torch.no_grad(), torch.random.fork_rng(devices=[]), _recording() as rec,
+    # fork_rng saves (and restores) the CPU generator and, on CUDA, the model's device's
+    cuda = [image.device.index or 0] if image.device.type == "cuda" else []
+    with (torch.no_grad(), torch.random.fork_rng(devices=cuda), _recording() as rec,
           _training_mode_without_side_effects(model)):
         torch.manual_seed(seed)
         rec.hook(model.transform, "transform")

@@ -10,6 +10,9 @@ lengths: fine in Python, not a graph. `ExportableDetector` wraps the same traine
         scores (N, D) float32, labels (N, D) int64 (1..K)       best first; rows past `counts`
         counts (N,) int64: the detections of each image         are zeros (padding)
 
+Limits: the batch's images share one size; the torch.export program accepts batch 1..16 and
+sides 32..8192 px (ONNX checks neither); NMS runs once over the batch (boxes of different images
+shifted apart), so its cost grows with the square of the batch: export for batch 1..8.
 What changes against `model(images)`: the RoI op is torchvision's `roi_align` for `align` and
 `align_grid` (the same numbers, tests/ops/test_roi_align.py) and `roi_pool` for `pool`; the
 per-image loops become index arithmetic. Results equal the PyTorch model's within float32
@@ -32,8 +35,10 @@ from torchvision.ops import nms, roi_align, roi_pool
 
 from frcnn.model.faster_rcnn import FasterRCNN
 from frcnn.ops.anchors import base_anchors, grid_anchors
+from frcnn.pipeline.command import ParamsOpt, SetOpt
 
 OUTPUTS = ("boxes", "scores", "labels", "counts")
+MAX_BATCH, MIN_SIDE, MAX_SIDE = 16, 32, 8192
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float) -> Tensor:
@@ -188,8 +193,10 @@ def example_batch(model: FasterRCNN, batch: int = 2) -> Tensor:
 
 def _dynamic_shapes() -> dict[str, dict[int, object]]:
     d = torch.export.Dim
-    return {"images": {0: d("batch", min=1, max=64), 2: d("height", min=32, max=4096),
-                       3: d("width", min=32, max=4096)}}
+    # the torch.export program checks these bounds (ONNX does not); the batch stays small
+    # because NMS runs once over the whole batch: its cost grows with the square of the batch
+    return {"images": {0: d("batch", min=1, max=MAX_BATCH), 2: d("height", min=MIN_SIDE, max=MAX_SIDE),
+                       3: d("width", min=MIN_SIDE, max=MAX_SIDE)}}
 
 
 def export_program(model: FasterRCNN) -> torch.export.ExportedProgram:
@@ -241,8 +248,15 @@ def export_onnx(model: FasterRCNN, class_names: list[str], path: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_program.save(Path(tmp) / "model.onnx")
         proto = onnx.load(Path(tmp) / "model.onnx")
+    rpn, roi = model.rpn, model.roi_heads
+    settings = {"rpn.pre_nms_top_n_test": rpn.pre_nms_top_n["test"],
+                "rpn.post_nms_top_n_test": rpn.post_nms_top_n["test"],
+                "rpn.nms_thresh": rpn.nms_thresh, "rpn.min_box_size": rpn.min_box_size,
+                "roi.score_thresh": roi.score_thresh, "roi.nms_thresh": roi.nms_thresh,
+                "roi.detections_per_img": roi.detections_per_img}
     onnx.helper.set_model_props(proto, {METADATA_CLASSES: json.dumps(list(class_names)),
-                                        "frcnn.outputs": ",".join(OUTPUTS)})
+                                        "frcnn.outputs": ",".join(OUTPUTS),
+                                        "frcnn.inference": json.dumps(settings, sort_keys=True)})
     atomic_write_bytes(path, proto.SerializeToString())
     return path
 
@@ -268,17 +282,27 @@ def save_program(model: FasterRCNN, path: Path) -> Path:
 def command(checkpoint: Annotated[Path, typer.Option(help="trained checkpoint")] = Path("models/model.pt"),
             format: Annotated[str, typer.Option("--format", help="onnx | torch (a torch.export program)")] = "onnx",
             out: Annotated[Path | None, typer.Option(help="output file (default models/model.onnx / .pt2)")] = None,
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
             ) -> None:
     """Export the trained detector as one graph with dynamic batch and image size: ONNX (run it
-    with `frcnn predict --model model.onnx`, no torch needed) or a torch.export program."""
+    with `frcnn predict --model model.onnx`, no torch imported) or a torch.export program. The
+    inference-only keys (rpn.*_test, roi.score_thresh/nms_thresh/detections_per_img) are baked
+    in from --params when that file exists, then --set, as `frcnn predict` takes them."""
+    from frcnn.config import config_from_dict
+    from frcnn.engine.checkpoint import load_checkpoint
     from frcnn.engine.inference import load_detector
     from frcnn.errors import ConfigError
-    from frcnn.pipeline.command import user_errors
+    from frcnn.pipeline.command import load, parse_overrides, user_errors
 
     with user_errors():
         if format not in ("onnx", "torch"):
             raise ConfigError(f"--format {format}: expected onnx or torch")
-        model, names = load_detector(checkpoint)
+        if params.is_file():
+            inference = load(params, set_)
+        else:  # outside a project: the checkpoint's own settings, plus --set
+            inference = config_from_dict(load_checkpoint(checkpoint).get("config", {}),
+                                         parse_overrides(set_))
+        model, names = load_detector(checkpoint, inference=inference)
         target = out or checkpoint.with_suffix(".onnx" if format == "onnx" else ".pt2")
         if target.resolve() == checkpoint.resolve():
             raise ConfigError(f"--out {target}: is the checkpoint itself")

@@ -6,8 +6,9 @@ figure per stage (`frcnn.plots.explain`), counts in the titles and in `index.md`
     frcnn explain --gt data/processed/test.json --pick 0   # an image of a COCO split, with its GT
 
 What is drawn was captured from the model's own forward passes (`frcnn.analysis.trace`). The
-stage draws a fixed test image after every evaluate and logs the figures to the train run's
-MLflow run, so each experiment shows its own.
+stage draws a fixed test image of every trained model and logs the figures to the train run's
+MLflow run, so each experiment shows its own. It depends on the checkpoint alone, so it reruns
+whenever the model does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from frcnn.fileio import atomic_write_json, check_writable
 from frcnn.ops.anchors import anchor_scales_px
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, stage_main, user_errors
 from frcnn.pipeline.tracking import start_stage_run
-from frcnn.plots.explain import write_explain
+from frcnn.plots.explain import FIGURES, write_explain
 
 
 def gt_from_voc(xml: Path, class_names: list[str]) -> dict[str, torch.Tensor]:
@@ -90,18 +91,24 @@ def run(cfg: Config, *, checkpoint: Path, out: Path, image: Path | None = None,
         path, pixels = image, read_image(image)
         if gt is not None:
             target = gt_from_voc(gt, names)
-    tr = trace(model, pixels, target, seed=cfg.seed)
-    trained = load_checkpoint(checkpoint)["config"]
+    try:
+        tr = trace(model, pixels, target, seed=cfg.seed)
+    except ValueError as exc:  # the model's own input checks (a degenerate GT box ...)
+        raise DataError(f"{gt or path}: {exc}") from None
+    state = load_checkpoint(checkpoint)
+    trained = state["config"]
     scales = anchor_scales_px(tuple(trained["anchors"]["scales"]), trained["anchors"]["unit"],
                               tr.stride)
     shapes = [f"{s:g}px h/w {r:g}" for r in trained["anchors"]["ratios"] for s in scales]
     rgb = (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    for stale in FIGURES:  # an earlier run's figure this one may not draw (no GT: no labels)
+        (out / stale).unlink(missing_ok=True)
     counts = write_explain(tr, rgb, out, names, shapes, title=f"explain: {path.name}", conf=conf)
     atomic_write_json(out / "counts.json", {"image": str(path), **counts}, sort_keys=True)
     if log:
-        state = load_checkpoint(checkpoint)
         with start_stage_run(project, cfg, "explain", run_id=state.get("mlflow_run_id") or None) as t:
-            for f in sorted(out.glob("*.png")) + [out / "index.md", out / "counts.json"]:
+            for f in [p for p in (out / n for n in FIGURES) if p.exists()] + [
+                    out / "index.md", out / "counts.json"]:
                 t.log_artifact(f, artifact_path="explain")
     print(json.dumps(counts, indent=2), file=sys.stderr)
     return counts

@@ -27,6 +27,8 @@ from frcnn.fileio import atomic_savefig, atomic_write_text
 from frcnn.plots.draw import draw_boxes, plt, show_image
 
 DRAWN_PRE_NMS, DRAWN_PROPOSALS, DRAWN_NEGATIVES = 100, 50, 60
+FIGURES = ("1_anchors.png", "2_anchor_labels.png", "3_objectness.png", "4_proposals.png",
+           "5_sampled_rois.png", "6_detections.png")
 POS, NEG, IGN, RESCUED, GT = "#2ca02c", "#1f77b4", "#bbbbbb", "#ff7f0e", "yellow"
 
 
@@ -94,16 +96,22 @@ def figure_objectness(tr: Trace, image: np.ndarray, path: Path, shape_names: Seq
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
     prob = torch.sigmoid(tr.objectness)  # (A, H, W)
     extent = (0, image.shape[1], image.shape[0], 0)
+    # each heat-map cell covers stride x stride resized pixels: its exact place on the input
+    h_img, w_img = tr.image_size
+    rows, cols_ = math.ceil(h_img / tr.stride), math.ceil(w_img / tr.stride)
+    sx, sy = tr.scale
+    cells_extent = (0, cols_ * tr.stride * sx, rows * tr.stride * sy, 0)
     for k, ax in enumerate(axes.flat):
         if k >= a:
             ax.set_axis_off()
             continue
         ax.imshow(image, extent=extent)
-        # the feature map covers the padded batch; crop to the resized image's cells
-        h_img, w_img = tr.image_size
-        cells = prob[k, : math.ceil(h_img / tr.stride), : math.ceil(w_img / tr.stride)]
-        ax.imshow(cells.numpy(), cmap="inferno", alpha=0.55, vmin=0, vmax=1, extent=extent,
-                  interpolation="nearest")
+        # the feature map covers the padded batch: the resized image's cells, cropped to it
+        cells = prob[k, :rows, :cols_]
+        ax.imshow(cells.numpy(), cmap="inferno", alpha=0.55, vmin=0, vmax=1,
+                  extent=cells_extent, interpolation="nearest")
+        ax.set_xlim(0, image.shape[1])
+        ax.set_ylim(image.shape[0], 0)
         ax.set_axis_off()
         ax.set_title(f"{shape_names[k]}: max {float(cells.max()):.2f}", fontsize=7)
     fig.suptitle(f"objectness per anchor shape ({a} shapes, {prob[0].numel()} cells each)",
@@ -115,8 +123,9 @@ def figure_proposals(tr: Trace, image: np.ndarray, path: Path) -> None:
     counts = tr.settings
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
     show_image(left, image, f"before NMS: the top {min(DRAWN_PRE_NMS, tr.pre_nms_boxes.shape[0])} "
-                            f"of {tr.pre_nms_boxes.shape[0]} (top-{counts['pre_nms_top_n']} by "
-                            "objectness, decoded, clipped)")
+                            f"of {tr.pre_nms_boxes.shape[0]} (the top "
+                            f"{min(counts['pre_nms_top_n'], tr.anchors.shape[0])} anchors by "
+                            "objectness, decoded, clipped, tiny ones dropped)")
     order = tr.pre_nms_scores.argsort(descending=True)[:DRAWN_PRE_NMS]
     draw_boxes(left, _np(tr.pre_nms_boxes[order], tr), color=NEG, linewidth=0.6, show_text=False)
     title = (f"after NMS at {counts['rpn_nms_thresh']:g}: {tr.nms_keep.numel()} kept, "
@@ -203,4 +212,4 @@ def write_explain(tr: Trace, image: np.ndarray, out: Path, class_names: Sequence
     return counts
 
 
-__all__ = ["write_explain"]
+__all__ = ["FIGURES", "write_explain"]

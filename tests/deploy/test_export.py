@@ -96,8 +96,9 @@ def test_onnx_under_onnxruntime_equals_the_model_at_every_size(checkpoint: Path,
         assert_matches(session.run(None, {"images": images.numpy()}), want, atol_box=0.01)
 
 
-def test_the_torch_export_program_loads_and_equals_the_model(checkpoint: Path, tmp_path: Path
-                                                             ) -> None:
+def test_the_torch_export_program_loads_and_equals_the_model(
+        checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the checkpoint's inference settings
     result = CliRunner().invoke(app, ["export", "--format", "torch", "--checkpoint",
                                       str(checkpoint), "--out", str(tmp_path / "m.pt2")])
     assert result.exit_code == 0, result.output
@@ -115,6 +116,24 @@ def test_export_refuses_a_bad_format_and_overwriting_the_checkpoint(checkpoint: 
     assert r.exit_code == 2 and "--format tflite" in r.stderr
     r = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(checkpoint)])
     assert r.exit_code == 2 and "is the checkpoint itself" in r.stderr
+
+
+def test_export_bakes_in_the_inference_keys_and_records_them(checkpoint: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "few.onnx"
+    r = CliRunner().invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(out),
+                                 "--set", "roi.detections_per_img=3"])
+    assert r.exit_code == 0, r.output
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert json.loads(meta["frcnn.inference"])["roi.detections_per_img"] == 3
+    assert json.loads(meta["frcnn.class_names"]) == CLASSES
+    import onnxruntime as ort
+
+    boxes = ort.InferenceSession(str(out)).run(None, {"images": batch(2, 64, 80).numpy()})[0]
+    assert boxes.shape == (2, 3, 4)
 
 
 def test_predict_with_the_onnx_model_runs_without_torch_and_writes_predicts_outputs(

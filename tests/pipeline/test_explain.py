@@ -84,13 +84,14 @@ def test_explain_an_image_file_with_a_voc_annotation(project: Path, tmp_path: Pa
         and not a.get("difficult", a.get("iscrowd", 0)))
     assert counts["gt"] == n_gt
     assert sorted(p.name for p in (tmp_path / "x").glob("*.png")) == FIGURES
-    # no GT: the four figures that need none
+    # no GT, into the same folder: the four figures that need none, and no stale GT figures
     result = runner.invoke(app, ["explain", str(image), "--checkpoint",
-                                 str(project / "models" / "model.pt"), "--out", str(tmp_path / "y"),
+                                 str(project / "models" / "model.pt"), "--out", str(tmp_path / "x"),
                                  "--params", str(project / "params.yaml")])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "y").glob("*.png")) == [
+    assert sorted(p.name for p in (tmp_path / "x").glob("*.png")) == [
         "1_anchors.png", "3_objectness.png", "4_proposals.png", "6_detections.png"]
+    assert "anchor_positive" not in json.loads((tmp_path / "x" / "counts.json").read_text())
 
 
 def test_bad_input_is_one_line_naming_it(project: Path, tmp_path: Path) -> None:
@@ -106,6 +107,11 @@ def test_bad_input_is_one_line_naming_it(project: Path, tmp_path: Path) -> None:
     img = next((project / "data" / "raw").rglob("*.jpg"))
     r = runner.invoke(app, ["explain", str(img), "--gt", str(xml), *ckpt])
     assert r.exit_code == 2 and "other.xml: class 'giraffe'" in r.stderr
+    flat = tmp_path / "flat.xml"
+    flat.write_text("<annotation><object><name>disc</name><bndbox><xmin>5</xmin><ymin>5</ymin>"
+                    "<xmax>4</xmax><ymax>9</ymax></bndbox></object></annotation>")  # x2 < x1
+    r = runner.invoke(app, ["explain", str(img), "--gt", str(flat), *ckpt])
+    assert r.exit_code == 2 and "flat.xml" in r.stderr
     r = runner.invoke(app, ["explain", *ckpt])
     assert r.exit_code == 2 and "give an IMAGE" in r.stderr
     assert not (tmp_path / "o").exists()
