@@ -288,21 +288,16 @@ def command(checkpoint: Annotated[Path, typer.Option(help="trained checkpoint")]
     with `frcnn predict --model model.onnx`, no torch imported) or a torch.export program. The
     inference-only keys (rpn.*_test, roi.score_thresh/nms_thresh/detections_per_img) are baked
     in from --params when that file exists, then --set, as `frcnn predict` takes them."""
-    from frcnn.config import config_from_dict
-    from frcnn.engine.checkpoint import load_checkpoint
     from frcnn.engine.inference import load_detector
     from frcnn.errors import ConfigError
-    from frcnn.pipeline.command import load, parse_overrides, user_errors
+    from frcnn.pipeline.command import user_errors
+    from frcnn.pipeline.predict import inference_config
 
     with user_errors():
         if format not in ("onnx", "torch"):
             raise ConfigError(f"--format {format}: expected onnx or torch")
-        if params.is_file():
-            inference = load(params, set_)
-        else:  # outside a project: the checkpoint's own settings, plus --set
-            inference = config_from_dict(load_checkpoint(checkpoint).get("config", {}),
-                                         parse_overrides(set_))
-        model, names = load_detector(checkpoint, inference=inference)
+        model, names = load_detector(checkpoint,
+                                     inference=inference_config(params, set_, checkpoint))
         target = out or checkpoint.with_suffix(".onnx" if format == "onnx" else ".pt2")
         if target.resolve() == checkpoint.resolve():
             raise ConfigError(f"--out {target}: is the checkpoint itself")

@@ -19,14 +19,7 @@ import numpy as np
 
 from frcnn.data.image_io import load_rgb
 from frcnn.errors import UserError
-from frcnn.fileio import atomic_savefig, atomic_write_json
-from frcnn.pipeline.outputs import (
-    FIGURE_KEY,
-    OutputNames,
-    Predicted,
-    detections_to_json,
-    input_files,
-)
+from frcnn.pipeline.outputs import Predicted, write_predictions
 
 METADATA_CLASSES = "frcnn.class_names"
 
@@ -68,40 +61,11 @@ def read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
-def _draw(path: Path, image: np.ndarray, det: dict[str, np.ndarray], class_names: list[str],
-          png: Path) -> None:
-    from frcnn.plots.draw import draw_boxes, plt, show_image
-
-    fig, ax = plt.subplots(figsize=(6, 6 * image.shape[1] / image.shape[2]))
-    show_image(ax, image.transpose(1, 2, 0), title=path.name)
-    draw_boxes(ax, det["boxes"], det["labels"].tolist(), class_names, scores=det["scores"].tolist())
-    atomic_savefig(fig, png, close=True, metadata={FIGURE_KEY: str(path.resolve())})
-
-
 def predict_files(detector: OnnxDetector, paths: Iterable[Path], out_dir: Path, conf: float = 0.5
                   ) -> Predicted:
     """`frcnn.pipeline.predict.predict_files` with the ONNX graph: one image at a time."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = input_files(paths)
-    names = OutputNames(out_dir, inputs)
-    result = Predicted([], [], [])
-    for path in inputs:
-        try:
-            image = read_image(path)
-        except ValueError as exc:
-            result.errors.append(str(exc))
-            continue
-        det = detector(image[None])[0]
-        keep = det["scores"] >= conf
-        det = {k: v[keep] for k, v in det.items()}
-        stem, note = names.stem(path)
-        if note is not None:
-            result.notes.append(note)
-        json_path = out_dir / f"{stem}.json"
-        atomic_write_json(json_path, detections_to_json(path, image, det, detector.class_names))
-        _draw(path, image, det, detector.class_names, out_dir / f"{stem}.png")
-        result.written.append(json_path)
-    return result
+    return write_predictions(paths, out_dir, read_image, lambda image: detector(image[None])[0],
+                             detector.class_names, conf)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -5,13 +5,15 @@ the PyTorch predictor and the ONNX one (`frcnn.deploy.onnx_predict`), which must
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from PIL import Image
 
 from frcnn.data.image_io import iter_image_files
+from frcnn.fileio import atomic_savefig, atomic_write_json
 
 FIGURE_KEY = "frcnn-predict-input"  # PNG text chunk: the resolved input a drawn figure shows
 
@@ -96,3 +98,45 @@ def detections_to_json(path: Path, image: Any, det: dict[str, Any], class_names:
             "detections": [{"label": int(lab), "class": class_names[int(lab) - 1],
                             "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
                            for b, lab, s in zip(det["boxes"], det["labels"], det["scores"])]}
+
+
+def draw_prediction(path: Path, image: np.ndarray, det: dict[str, np.ndarray],
+                    class_names: list[str], png: Path) -> None:
+    """`image` (3, H, W) in [0, 1] with its detections drawn -> `png`, which records (text chunk
+    FIGURE_KEY) the input it shows."""
+    from frcnn.plots.draw import draw_boxes, plt, show_image
+
+    fig, ax = plt.subplots(figsize=(6, 6 * image.shape[1] / image.shape[2]))
+    show_image(ax, image.transpose(1, 2, 0), title=path.name)
+    draw_boxes(ax, det["boxes"], det["labels"].tolist(), class_names, scores=det["scores"].tolist())
+    atomic_savefig(fig, png, close=True, metadata={FIGURE_KEY: str(path.resolve())})
+
+
+def write_predictions(paths: Iterable[Path], out_dir: Path, read: Callable[[Path], Any],
+                      detect: Callable[[Any], dict[str, np.ndarray]], class_names: list[str],
+                      conf: float = 0.5) -> Predicted:
+    """The loop of `frcnn predict`, whatever runs the model: per input image a JSON and a drawn
+    PNG, named by `OutputNames`. `read(path)` -> (3, H, W) image (ValueError naming the file if
+    unreadable: reported and skipped); `detect(image)` -> numpy {"boxes" (D, 4), "labels",
+    "scores"}; detections under `conf` are dropped."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = input_files(paths)  # all of them before writing anything: none may be overwritten
+    names = OutputNames(out_dir, inputs)
+    result = Predicted([], [], [])
+    for path in inputs:
+        try:
+            image = read(path)
+        except ValueError as exc:
+            result.errors.append(str(exc))
+            continue
+        det = detect(image)
+        keep = det["scores"] >= conf
+        det = {k: v[keep] for k, v in det.items()}
+        stem, note = names.stem(path)
+        if note is not None:
+            result.notes.append(note)
+        json_path = out_dir / f"{stem}.json"
+        atomic_write_json(json_path, detections_to_json(path, image, det, class_names))
+        draw_prediction(path, np.asarray(image), det, class_names, out_dir / f"{stem}.png")
+        result.written.append(json_path)
+    return result

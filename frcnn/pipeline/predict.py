@@ -23,33 +23,16 @@ from typing import Annotated
 import torch
 import typer
 
-from frcnn.config import config_from_dict
+from frcnn.config import Config, config_from_dict
 from frcnn.engine.checkpoint import load_checkpoint
 from frcnn.engine.inference import (
     inference_precision,
     load_detector,
     read_image,
 )
-from frcnn.fileio import atomic_savefig, atomic_write_json
 from frcnn.model.faster_rcnn import FasterRCNN
 from frcnn.pipeline.command import ParamsOpt, SetOpt, load, parse_overrides, user_errors
-from frcnn.pipeline.outputs import (
-    FIGURE_KEY,
-    OutputNames,
-    Predicted,
-    detections_to_json,
-    input_files,
-)
-from frcnn.plots.draw import draw_boxes, plt, show_image
-
-
-def _draw(path: Path, image: torch.Tensor, det: dict[str, torch.Tensor], class_names: list[str],
-          png: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 6 * image.shape[1] / image.shape[2]))
-    show_image(ax, image.permute(1, 2, 0).numpy(), title=path.name)
-    draw_boxes(ax, det["boxes"].numpy(), det["labels"].tolist(), class_names,
-               scores=det["scores"].tolist())
-    atomic_savefig(fig, png, close=True, metadata={FIGURE_KEY: str(path.resolve())})
+from frcnn.pipeline.outputs import Predicted, write_predictions
 
 
 @torch.inference_mode()
@@ -57,30 +40,23 @@ def predict_files(model: FasterRCNN, class_names: list[str], paths: Iterable[Pat
                   conf: float = 0.5, *, amp: bool = False, channels_last: bool = False) -> Predicted:
     """Detect on every image file (folders expanded); output names as in the module docstring.
     `amp` / `channels_last`: `eval.amp` / `eval.channels_last` (`inference_precision`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     context = inference_precision(model, device, amp, channels_last)
-    inputs = input_files(paths)  # all of them before writing anything: none may be overwritten
-    names = OutputNames(out_dir, inputs)
-    result = Predicted([], [], [])
-    for path in inputs:
-        try:
-            image = read_image(path)
-        except ValueError as exc:
-            result.errors.append(str(exc))
-            continue
+
+    def detect(image: torch.Tensor) -> dict:
         with context:
             det = model([image.to(device)])[0]
-        keep = det["scores"] >= conf
-        det = {k: (v.float() if v.is_floating_point() else v)[keep].cpu() for k, v in det.items()}
-        stem, note = names.stem(path)
-        if note is not None:
-            result.notes.append(note)
-        json_path = out_dir / f"{stem}.json"
-        atomic_write_json(json_path, detections_to_json(path, image, det, class_names))
-        _draw(path, image, det, class_names, out_dir / f"{stem}.png")
-        result.written.append(json_path)
-    return result
+        return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in det.items()}
+
+    return write_predictions(paths, out_dir, read_image, detect, class_names, conf)
+
+
+def inference_config(params: Path, set_: list[str] | None, checkpoint: Path) -> Config:
+    """Where the inference-only keys come from: `params` (with `set_`) when that file exists,
+    else the checkpoint's own config plus `set_` (a model used outside its project)."""
+    if params.is_file():
+        return load(params, set_)
+    return config_from_dict(load_checkpoint(checkpoint).get("config", {}), parse_overrides(set_))
 
 
 def command(paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
@@ -100,11 +76,7 @@ def command(paths: Annotated[list[Path], typer.Argument(help="image files or fol
         raise typer.Exit(code=onnx_main([*map(str, paths), "--model", str(model), "--conf",
                                          str(conf), "--out", str(out)]))
     with user_errors():
-        if params.is_file():
-            inference = load(params, set_)
-        else:  # outside a project: the checkpoint's own settings, plus --set
-            inference = config_from_dict(load_checkpoint(checkpoint).get("config", {}),
-                                         parse_overrides(set_))
+        inference = inference_config(params, set_, checkpoint)
         model, names = load_detector(checkpoint, inference=inference)
     written, errors, notes = predict_files(model, names, paths, out, conf=conf,
                                            amp=inference.eval.amp,
