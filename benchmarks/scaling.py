@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -145,7 +144,9 @@ def run(rounds: int, out: Path, params: Path) -> dict[str, Any]:
                      "infer": timed({"ours": make_infer(ours, images), "tv": make_infer(tv, images)},
                                     rounds)})
         print(json.dumps(rows[-1]), flush=True)
-    report = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+    from frcnn.tools.study import cpu_model
+
+    report = {"machine": cpu_model(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "rounds": rounds, "rows": rows}
     write(report, out)
     return report

@@ -102,6 +102,47 @@ def anchors_show(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
     typer.echo(f"-> {out}")
 
 
+def ui_url(host: str, port: int, experiment_id: str | None) -> str:
+    """The MLflow UI on the training runs: MLflow 3 opens an experiment in its GenAI view unless
+    the browser switched to "Model training" before; the query parameter switches it."""
+    base = f"http://{host}:{port}/#/experiments"
+    return f"{base}/{experiment_id}?workflowType=machine_learning" if experiment_id else \
+        f"{base}?workflowType=machine_learning"
+
+
+@app.command()
+def ui(host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
+       port: Annotated[int, typer.Option(help="port")] = 5000) -> None:
+    """The MLflow UI on this project's store (mlflow.db, or MLFLOW_TRACKING_URI if set), with the
+    link that opens the frcnn experiment on its training runs."""
+    import os
+    import subprocess
+
+    from frcnn.pipeline.tracking import experiment_name, tracking_root, tracking_uri
+
+    uri = tracking_uri(tracking_root(Path(".")))
+    if uri.startswith(("http://", "https://")):
+        fail(ConfigError(f"MLFLOW_TRACKING_URI={uri}: that server has its own UI: open "
+                         f"{uri}/#/experiments?workflowType=machine_learning"))
+    exp = None
+    try:
+        import mlflow
+
+        found = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment_name())
+        exp = found.experiment_id if found else None
+    except Exception:  # noqa: BLE001 -- no store yet: the UI still starts, on the list
+        exp = None
+    typer.echo(f"MLflow UI: {ui_url(host, port, exp)}  (Ctrl-C stops it)")
+    artifacts = Path("mlruns").resolve()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+           "--workers", "1", "--backend-store-uri", uri, "--artifacts-destination", str(artifacts)]
+    try:
+        raise typer.Exit(code=subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(code=0) from None
+
+
 @app.command()
 def register(checkpoint: Annotated[Path, typer.Option(help="the train run is this checkpoint's")] = Path("models/model.pt"),
              run: Annotated[str | None, typer.Option("--run", help="MLflow run id (default: the checkpoint's run)")] = None,

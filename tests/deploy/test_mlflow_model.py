@@ -120,3 +120,41 @@ def test_register_names_a_run_without_a_model(data_project: Path, tmp_path: Path
     result = CliRunner().invoke(app, ["register"])
     assert result.exit_code == 2 and "has no logged model" in result.stderr
     assert os.path.exists(proj / "models" / "model.pt")
+
+
+def test_frcnn_ui_serves_the_project_store_and_links_to_the_training_runs(
+        data_project: Path, tmp_path: Path) -> None:
+    import signal
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    proj = copy_project(data_project, tmp_path / "proj")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}").create_experiment("frcnn")
+    proc = subprocess.Popen([sys.executable, "-m", "frcnn.cli", "ui", "--port", str(port)],
+                            cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/#/experiments/1?workflowType=machine_learning" in line
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "ui did not start"
+                time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/"
+                                    "get-by-name?experiment_name=frcnn", timeout=10) as r:
+            assert json.loads(r.read())["experiment"]["experiment_id"] == "1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
