@@ -38,6 +38,7 @@ from torch import nn
 
 from benchmarks.bench_dataloader import loader_records
 from benchmarks.bench_evaluation import eval_time_records
+from benchmarks.bench_export import bench_export
 from benchmarks.bench_recipe import bench_recipe
 from benchmarks.memory import emit_cpu_memory, measure_memory_cuda
 from benchmarks.peer import SIZES, build_pair, build_torchvision_peer, make_inputs
@@ -208,6 +209,7 @@ def run_bench(quick: bool, out_dir: Path = Path("reports"), config_path: Path = 
             if device == "cpu":
                 sizes_info.append(info)
     records.extend(bench_recipe(base, quick, rounds_plan(quick, big=False)))
+    records.extend(bench_export(base, quick, rounds_plan(quick, big=False)))
     emit_cpu_memory(records, base, quick)
     emit(records, eval_time_records(1000 if quick else 5000))
     _emit_loader(records, base, quick)
