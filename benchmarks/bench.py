@@ -213,6 +213,10 @@ def run_bench(quick: bool, out_dir: Path = Path("reports"), config_path: Path = 
     emit_cpu_memory(records, base, quick)
     emit(records, eval_time_records(1000 if quick else 5000))
     _emit_loader(records, base, quick)
+    if not quick:  # where the time goes: per-stage, both implementations -> breakdown.{md,json,png}
+        from benchmarks.breakdown import run as run_breakdown
+
+        run_breakdown(False, Path(out_dir), base)
 
     meta["seconds"] = round(time.perf_counter() - t_start, 1)
     write_report(records, meta, sizes_info, Path(out_dir))
@@ -343,7 +347,16 @@ METHOD_NOTES = [
     "RoI passes the 0.05 score threshold (100 detections per image), with 21 few do.",
     "The profile tables are single profiled calls on a shared 2-core machine: identical ops "
     "(the backbone's convolutions run the same module in both) vary by several x between calls, "
-    "so read them for ops that differ in kind or call count, not for the time of shared ops.",
+    "so read them for ops that differ in kind or call count, not for the time of shared ops. "
+    "Where the time goes stage by stage (transform, trunk, RPN head, proposals, RoI op, box "
+    "head, losses, backward, optimizer), for both implementations, with each step's FLOPs "
+    "against this CPU's measured peak: `breakdown.md` (`python benchmarks/breakdown.py`, also "
+    "written by the full run).",
+    "Test-time proposals: our RPN stops each image's NMS once it has kept "
+    "`rpn.post_nms_top_n_test` boxes (`frcnn.ops.nms.nms_top_n`, the same proposals); "
+    "torchvision runs NMS over every candidate. With random weights more candidates survive NMS "
+    "than with a trained model, so this figure's share of the inference time is larger here "
+    "than in `frcnn evaluate` on the committed model.",
     "Timing (`benchmarks.timing.interleaved`): rounds of ours, torchvision and its A/A copy in "
     "one process, in an order shuffled per round, after one warm-up round, until the paired "
     "ratio's bootstrap interval is within the target precision (3 % --quick, 2 % full) or the "

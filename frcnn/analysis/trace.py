@@ -148,12 +148,18 @@ def trace(model: FasterRCNN, image: Tensor, gt: dict[str, Tensor] | None = None,
         rec.hook(model.rpn.head, "rpn_head")
         rec.wrap(model.rpn, "propose", "propose")
         rec.wrap(rpn_module, "batched_nms", "rpn_nms")
+        rec.wrap(rpn_module, "nms_top_n", "rpn_nms_top_n")
         detections = model([image])[0]
 
     _, sizes, _ = rec.last("transform")[2]
     objectness_map = rec.last("rpn_head")[2][0]                      # (1, A, H, W)
     (_, _, anchors, _), _, proposals = rec.last("propose")
-    (pre_boxes, pre_scores, _, _), _, keep = rec.last("rpn_nms")
+    if "rpn_nms" in rec.calls:
+        (pre_boxes, pre_scores, _, _), _, keep = rec.last("rpn_nms")
+    else:  # the RPN stopped NMS at the proposals it keeps: run it through, to show all it keeps
+        (pre_boxes, pre_scores, _, _), _, _ = rec.last("rpn_nms_top_n")
+        keep = rpn_module.batched_nms(pre_boxes, pre_scores, torch.zeros_like(pre_scores, dtype=torch.int64),
+                                      model.rpn.nms_thresh)
     h, w = sizes[0]
     sx, sy = image.shape[-1] / w, image.shape[-2] / h
     feat_h, feat_w = objectness_map.shape[-2:]

@@ -11,6 +11,7 @@ from frcnn.config import config_from_dict
 from frcnn.model.build import rpn_arguments
 from frcnn.model.rpn import RegionProposalNetwork, RPNHead
 from frcnn.ops.anchors import AnchorGenerator
+from frcnn.ops.nms import nms_top_n
 
 
 def make_rpn(in_channels: int = 8, scales=(32.0,), ratios=(1.0,), stride: int = 16,
@@ -156,3 +157,27 @@ def test_every_setting_is_an_explicit_argument_without_a_default():
         RegionProposalNetwork(RPNHead(8, 16, 1), gen)  # type: ignore[call-arg]
     args = rpn_arguments(config_from_dict({"loss": {"lambda": 7.0}}))
     assert RegionProposalNetwork(RPNHead(8, 16, 1), gen, **args).loss_lambda == 7.0
+
+
+@pytest.mark.parametrize("post_n", [50, 300, 5000])
+def test_test_time_proposals_stop_nms_early_with_the_same_result(monkeypatch, post_n):
+    """At test time, above torchvision's per-image NMS size, each image's NMS stops at the
+    proposals it keeps (frcnn.ops.nms): the same proposals as one batched_nms over the batch."""
+    import frcnn.model.rpn as rpn_module
+
+    torch.manual_seed(0)
+    rpn = make_rpn(scales=(16.0, 32.0, 64.0, 128.0), ratios=(0.5, 1.0, 2.0),
+                   post_nms_top_n_test=post_n).eval()
+    features = torch.randn(2, 8, 16, 16)
+    sizes = [(256, 256), (250, 200)]
+    stopped = []
+    monkeypatch.setattr(rpn_module, "nms_top_n",
+                        lambda *a: stopped.append(1) or nms_top_n(*a))
+    with torch.no_grad():
+        fast, _ = rpn(features, sizes)
+        assert len(stopped) == 2  # one per image: 2 x 3072 candidates are above 4000 coordinates
+        monkeypatch.setattr(rpn_module, "per_group_nms", lambda boxes: False)
+        slow, _ = rpn(features, sizes)
+    assert len(stopped) == 2 and all(0 < p.shape[0] <= post_n for p in slow)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
