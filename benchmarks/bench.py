@@ -7,7 +7,10 @@ ratio ours / torchvision:
 2. inference latency at batch 1 and throughput at batch 8;
 3. peak memory of a training step and of an inference at batch 1;
 4. "what a user runs" (`benchmarks.bench_recipe`): the default recipe of params.yaml (align_grid,
-   channels-last, its autocast) against torchvision given the same trunk and switches;
+   channels-last, its autocast) against torchvision given the same trunk and switches, and
+   `frcnn evaluate`'s inference over the test split end to end;
+5. (full run) where the time goes, stage by stage, with FLOPs against the CPU's peak
+   (`benchmarks.breakdown` -> breakdown.{md,json,png});
 
 at two sizes: the reference design's ResNet-50 (C5, stride 32, 2048 channels) at 600/1000 px on
 a VOC-sized 500x375 image, and the small default `resnet18_c4` at the embedded size (256 px).
@@ -352,6 +355,10 @@ METHOD_NOTES = [
     "head, losses, backward, optimizer), for both implementations, with each step's FLOPs "
     "against this CPU's measured peak: `breakdown.md` (`python benchmarks/breakdown.py`, also "
     "written by the full run).",
+    "recipe_evaluate: `frcnn evaluate`'s inference end to end (the test split's loader, "
+    "decoding included, at eval.batch_size through frcnn.engine.inference.predict with eval.amp "
+    "and eval.channels_last as params.yaml has them, float32 by default) for both models, "
+    "images/s over the first 32 (--quick) or 128 test images; skipped before `dvc repro`.",
     "Test-time proposals: our RPN stops each image's NMS once it has kept "
     "`rpn.post_nms_top_n_test` boxes (`frcnn.ops.nms.nms_top_n`, the same proposals); "
     "torchvision runs NMS over every candidate. With random weights more candidates survive NMS "

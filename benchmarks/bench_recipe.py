@@ -18,9 +18,11 @@ every anchor), both as the user's params.yaml has them.
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from benchmarks.peer import SIZES, build_torchvision_peer, calibrate_batchnorm, make_inputs
 from benchmarks.timing import (emit, instrument_record, interleaved, make_infer,
@@ -75,4 +77,47 @@ def bench_recipe(base: Config, quick: bool, plan: dict[str, Any]) -> list[dict[s
         unit = "images/s" if n > 1 else "s"
         emit(records, instrument_record(figure, label, interleaved(fns, **plan), unit=unit, per=n,
                                         batch=n, **tag))
+    emit(records, evaluate_figure(cfg, models, plan, quick))
     return records
+
+
+TEST_SPLIT = Path("data/processed/test.json")
+
+
+def evaluate_figure(cfg: Config, models: tuple[tuple[str, nn.Module], ...], plan: dict[str, Any],
+                    quick: bool, split: Path | None = None) -> dict[str, Any]:
+    """`frcnn evaluate`'s inference, end to end: the test split's loader (decoding included) at
+    `eval.batch_size` through `frcnn.engine.inference.predict` with `eval.amp` /
+    `eval.channels_last` as params.yaml has them (float32, contiguous weights by default), for
+    ours and the peer alike; images/s over the first 32 (--quick) or 128 test images. Skipped
+    without the pipeline's data (`dvc repro preprocess`)."""
+    from frcnn.data.dataset import DetectionDataset, collate_fn
+    from frcnn.engine.inference import predict
+
+    precision = "bfloat16 autocast (eval.amp)" if cfg.eval.amp else "float32"
+    label = (f"{SIZE}, the test split, eval.batch_size {cfg.eval.batch_size}, {precision}"
+             + (", channels-last" if cfg.eval.channels_last else ""))
+    tag = {"device": "cpu", "threads": torch.get_num_threads(), "comparison": "user recipe"}
+    split = TEST_SPLIT if split is None else split
+    if not split.is_file():
+        return {"figure": "recipe_evaluate", "size": label, "unit": "images/s", **tag,
+                "skipped": f"{split}: not found (run `dvc repro preprocess` first)"}
+    data = DetectionDataset(split, train=False, include_difficult=True)
+    n = min(len(data), 32 if quick else 128)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(n)),
+                                         batch_size=cfg.eval.batch_size, collate_fn=collate_fn,
+                                         num_workers=cfg.train.num_workers)
+    for _, m in models:  # what evaluate runs: the weights as trained, unless eval.channels_last
+        m.to(memory_format=torch.contiguous_format)
+
+    def run(model: nn.Module):
+        def evaluate() -> None:
+            for _ in predict(model, loader, torch.device("cpu"), progress=False,
+                             amp=cfg.eval.amp, channels_last=cfg.eval.channels_last):
+                pass
+        return evaluate
+
+    fns = {k: run(m) for k, m in models}
+    plan = {**plan, "min_rounds": 3, "budget_s": plan["budget_s"] * 4}
+    return instrument_record("recipe_evaluate", label, interleaved(fns, **plan), unit="images/s",
+                             per=n, batch=cfg.eval.batch_size, **tag)

@@ -184,11 +184,16 @@ def test_bootstrap_interval_of_a_median():
     assert all(math.isnan(x) for x in bootstrap_median_ci([1.0]))  # one round: no interval (NaN)
 
 
-def test_the_user_recipe_figures_keep_params_yaml_and_give_the_peer_the_same_switches():
+def test_the_user_recipe_figures_keep_params_yaml_and_give_the_peer_the_same_switches(
+        monkeypatch, tmp_path: Path):
+    import benchmarks.bench_recipe as bench_recipe_module
     from benchmarks.bench_recipe import bench_recipe, recipe_configs
     from frcnn.config import load_config
     from frcnn.engine.device import autocast_dtype
-    from tests.tiny_project import REPO
+    from tests.tiny_project import REPO, build_project
+
+    # the evaluate figure reads the pipeline's test split: a tiny generated one here
+    monkeypatch.setattr(bench_recipe_module, "TEST_SPLIT", tmp_path / "missing.json")
 
     base = load_config(REPO / "params.yaml")
     ours, peer = recipe_configs(base)
@@ -197,7 +202,15 @@ def test_the_user_recipe_figures_keep_params_yaml_and_give_the_peer_the_same_swi
         k: v for k, v in ours.flat().items() if k != "roi.op"}
     recs = bench_recipe(base, True, {"min_rounds": 1, "max_rounds": 1, "budget_s": 0.0})
     assert [r["figure"] for r in recs] == ["recipe_train_step", "recipe_infer_b1",
-                                           "recipe_throughput_b8"]
+                                           "recipe_throughput_b8", "recipe_evaluate"]
+    assert "missing.json: not found" in recs[-1]["skipped"]
+    project = build_project(tmp_path / "proj")
+    monkeypatch.setattr(bench_recipe_module, "TEST_SPLIT", project / "data/processed/test.json")
+    evaluate = bench_recipe(base, True, {"min_rounds": 1, "max_rounds": 1, "budget_s": 0.0})[-1]
+    assert evaluate["figure"] == "recipe_evaluate" and evaluate["unit"] == "images/s"
+    assert evaluate["ours"] > 0 and evaluate["torchvision"] > 0 and evaluate["rounds"] == 1
+    assert "float32" in evaluate["size"] and evaluate["batch"] == base.eval.batch_size
+    recs = recs[:-1]
     want = autocast_dtype(torch.device("cpu"), base.train.amp, base.train.amp_dtype)
     for r in recs:
         assert r["autocast"] == (str(want).replace("torch.", "") if want else "float32")
