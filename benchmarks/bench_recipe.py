@@ -24,9 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.peer import SIZES, build_torchvision_peer, calibrate_batchnorm, make_inputs
-from benchmarks.timing import (emit, instrument_record, interleaved, make_infer,
-                               make_train_step)
+from benchmarks.peer import (
+    SIZES,
+    build_torchvision_peer,
+    calibrate_batchnorm,
+    make_inputs,
+)
+from benchmarks.timing import (
+    emit,
+    instrument_record,
+    interleaved,
+    make_infer,
+    make_train_step,
+)
 from frcnn.config import Config, config_from_dict
 from frcnn.engine.device import autocast_dtype
 from frcnn.model.build import build_model
@@ -89,7 +99,7 @@ def evaluate_figure(cfg: Config, models: tuple[tuple[str, nn.Module], ...], plan
     """`frcnn evaluate`'s inference, end to end: the test split's loader (decoding included) at
     `eval.batch_size` through `frcnn.engine.inference.predict` with `eval.amp` /
     `eval.channels_last` as params.yaml has them (float32, contiguous weights by default), for
-    ours and the peer alike; images/s over the first 32 (--quick) or 128 test images. Skipped
+    ours and the peer alike; images/s over the first 16 (--quick) or 128 test images. Skipped
     without the pipeline's data (`dvc repro preprocess`)."""
     from frcnn.data.dataset import DetectionDataset, collate_fn
     from frcnn.engine.inference import predict
@@ -103,7 +113,7 @@ def evaluate_figure(cfg: Config, models: tuple[tuple[str, nn.Module], ...], plan
         return {"figure": "recipe_evaluate", "size": label, "unit": "images/s", **tag,
                 "skipped": f"{split}: not found (run `dvc repro preprocess` first)"}
     data = DetectionDataset(split, train=False, include_difficult=True)
-    n = min(len(data), 32 if quick else 128)
+    n = min(len(data), 16 if quick else 128)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(n)),
                                          batch_size=cfg.eval.batch_size, collate_fn=collate_fn,
                                          num_workers=cfg.train.num_workers)
@@ -118,6 +128,6 @@ def evaluate_figure(cfg: Config, models: tuple[tuple[str, nn.Module], ...], plan
         return evaluate
 
     fns = {k: run(m) for k, m in models}
-    plan = {**plan, "min_rounds": 3, "budget_s": plan["budget_s"] * 4}
+    plan = {**plan, "min_rounds": 3, "budget_s": plan["budget_s"] * (1 if quick else 4)}
     return instrument_record("recipe_evaluate", label, interleaved(fns, **plan), unit="images/s",
                              per=n, batch=cfg.eval.batch_size, **tag)

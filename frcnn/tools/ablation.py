@@ -94,13 +94,17 @@ def _env_label(env: dict[str, Any] | None) -> str:
 
 
 def _canonical(params: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's params as the code reads them (study.canonical_params), None if it no longer can."""
+    """A run's params as the code reads them (study.canonical_params), None if it no longer can;
+    without `tracking.*`, which only decides what is logged (as in study.run_key): a run recorded
+    before `frcnn ablate` turned `tracking.log_model` off is the same setting as one after."""
     from frcnn.tools.study import canonical_params
 
     try:
-        return canonical_params(params)
+        params = canonical_params(params)
     except ConfigError:
         return None
+    params.pop("tracking", None)
+    return params
 
 
 def runs_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

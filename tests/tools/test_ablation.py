@@ -160,8 +160,23 @@ def test_records_older_than_a_knob_match_todays_baseline():
     del rec["params"]["train"]["nonfinite_patience"]  # a record written before the knob existed
     del rec["params"]["model"]["frozen_bn"]
     (run,) = runs_from_records([rec])
-    assert run["params"] == config_from_dict(BASE, {"seed": 0}).to_dict() | {
-        "model": run["params"]["model"]}
+    expected = config_from_dict(BASE, {"seed": 0}).to_dict()
+    del expected["tracking"]  # only what is logged: not part of a run's setting
+    assert run["params"] == expected | {"model": run["params"]["model"]}
     assert run["params"]["train"]["nonfinite_patience"] == BASE["train"]["nonfinite_patience"]
     rec["params"]["model"]["no_such_knob"] = 1  # a knob this code no longer has: left out
     assert runs_from_records([rec]) == []
+
+
+def test_what_a_run_logs_does_not_split_a_setting():
+    """A baseline recorded before `frcnn ablate` turned tracking.log_model off (the key missing,
+    so the default true) pairs with later ones (false): the same setting, 3 seeds."""
+    old = record({}, 0, 0.50)
+    del old["params"]["tracking"]["log_model"]
+    recs = [old] + [record({"tracking.log_model": False}, s, 0.5 + s / 100) for s in (1, 2)]
+    recs.append(record({"loss.lambda": 10.0, "tracking.log_model": False}, 0, 0.6))
+    for extra in ({}, {"tracking.log_model": False}):
+        base, ten = question_table(runs_from_records(recs), BASE, [{}, {"loss.lambda": 10.0}],
+                                   extra, {})
+        assert base["n"] == 3 and base["map_mean"] == pytest.approx(0.51)
+        assert ten["n"] == 1 and ten["map_delta"]["mean"] == pytest.approx(0.1)
