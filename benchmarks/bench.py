@@ -358,7 +358,9 @@ METHOD_NOTES = [
     "recipe_evaluate: `frcnn evaluate`'s inference end to end (the test split's loader, "
     "decoding included, at eval.batch_size through frcnn.engine.inference.predict with eval.amp "
     "and eval.channels_last as params.yaml has them, float32 by default) for both models, "
-    "images/s over the first 16 (--quick) or 128 test images; skipped before `dvc repro`.",
+    "images/s over the first 16 (--quick) or 128 test images; skipped before `dvc repro`. "
+    "recipe_evaluate_opt_in: the same with the opt-in eval.amp (bfloat16 autocast where the CPU "
+    "has it) and eval.channels_last switched on for both.",
     "Test-time proposals: our RPN stops each image's NMS once it has kept "
     "`rpn.post_nms_top_n_test` boxes (`frcnn.ops.nms.nms_top_n`, the same proposals); "
     "torchvision runs NMS over every candidate. With random weights more candidates survive NMS "

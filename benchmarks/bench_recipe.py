@@ -17,6 +17,7 @@ every anchor), both as the user's params.yaml has them.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,10 @@ def bench_recipe(base: Config, quick: bool, plan: dict[str, Any]) -> list[dict[s
         emit(records, instrument_record(figure, label, interleaved(fns, **plan), unit=unit, per=n,
                                         batch=n, **tag))
     emit(records, evaluate_figure(cfg, models, plan, quick))
+    # the opt-in inference speed-ups (eval.amp, eval.channels_last), for both alike
+    opt_in = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, amp=True,
+                                                               channels_last=True))
+    emit(records, evaluate_figure(opt_in, models, plan, quick, figure="recipe_evaluate_opt_in"))
     return records
 
 
@@ -95,7 +100,8 @@ TEST_SPLIT = Path("data/processed/test.json")
 
 
 def evaluate_figure(cfg: Config, models: tuple[tuple[str, nn.Module], ...], plan: dict[str, Any],
-                    quick: bool, split: Path | None = None) -> dict[str, Any]:
+                    quick: bool, split: Path | None = None, figure: str = "recipe_evaluate"
+                    ) -> dict[str, Any]:
     """`frcnn evaluate`'s inference, end to end: the test split's loader (decoding included) at
     `eval.batch_size` through `frcnn.engine.inference.predict` with `eval.amp` /
     `eval.channels_last` as params.yaml has them (float32, contiguous weights by default), for
@@ -104,13 +110,15 @@ def evaluate_figure(cfg: Config, models: tuple[tuple[str, nn.Module], ...], plan
     from frcnn.data.dataset import DetectionDataset, collate_fn
     from frcnn.engine.inference import predict
 
-    precision = "bfloat16 autocast (eval.amp)" if cfg.eval.amp else "float32"
+    amp_dtype = autocast_dtype(torch.device("cpu"), cfg.eval.amp)
+    precision = (f"{str(amp_dtype).removeprefix('torch.')} autocast (eval.amp)" if amp_dtype
+                 else "float32" + (" (eval.amp: no native bfloat16 here)" if cfg.eval.amp else ""))
     label = (f"{SIZE}, the test split, eval.batch_size {cfg.eval.batch_size}, {precision}"
              + (", channels-last" if cfg.eval.channels_last else ""))
     tag = {"device": "cpu", "threads": torch.get_num_threads(), "comparison": "user recipe"}
     split = TEST_SPLIT if split is None else split
     if not split.is_file():
-        return {"figure": "recipe_evaluate", "size": label, "unit": "images/s", **tag,
+        return {"figure": figure, "size": label, "unit": "images/s", **tag,
                 "skipped": f"{split}: not found (run `dvc repro preprocess` first)"}
     data = DetectionDataset(split, train=False, include_difficult=True)
     n = min(len(data), 16 if quick else 128)
@@ -129,5 +137,5 @@ def evaluate_figure(cfg: Config, models: tuple[tuple[str, nn.Module], ...], plan
 
     fns = {k: run(m) for k, m in models}
     plan = {**plan, "min_rounds": 3, "budget_s": plan["budget_s"] * (1 if quick else 4)}
-    return instrument_record("recipe_evaluate", label, interleaved(fns, **plan), unit="images/s",
+    return instrument_record(figure, label, interleaved(fns, **plan), unit="images/s",
                              per=n, batch=cfg.eval.batch_size, **tag)

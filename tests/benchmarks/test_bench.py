@@ -202,15 +202,21 @@ def test_the_user_recipe_figures_keep_params_yaml_and_give_the_peer_the_same_swi
         k: v for k, v in ours.flat().items() if k != "roi.op"}
     recs = bench_recipe(base, True, {"min_rounds": 1, "max_rounds": 1, "budget_s": 0.0})
     assert [r["figure"] for r in recs] == ["recipe_train_step", "recipe_infer_b1",
-                                           "recipe_throughput_b8", "recipe_evaluate"]
-    assert "missing.json: not found" in recs[-1]["skipped"]
+                                           "recipe_throughput_b8", "recipe_evaluate",
+                                           "recipe_evaluate_opt_in"]
+    assert all("missing.json: not found" in r["skipped"] for r in recs[-2:])
     project = build_project(tmp_path / "proj")
     monkeypatch.setattr(bench_recipe_module, "TEST_SPLIT", project / "data/processed/test.json")
-    evaluate = bench_recipe(base, True, {"min_rounds": 1, "max_rounds": 1, "budget_s": 0.0})[-1]
-    assert evaluate["figure"] == "recipe_evaluate" and evaluate["unit"] == "images/s"
-    assert evaluate["ours"] > 0 and evaluate["torchvision"] > 0 and evaluate["rounds"] == 1
-    assert "float32" in evaluate["size"] and evaluate["batch"] == base.eval.batch_size
-    recs = recs[:-1]
+    evaluate, opt_in = bench_recipe(base, True, {"min_rounds": 1, "max_rounds": 1,
+                                                 "budget_s": 0.0})[-2:]
+    for r in (evaluate, opt_in):
+        assert r["unit"] == "images/s" and r["batch"] == base.eval.batch_size
+        assert r["ours"] > 0 and r["torchvision"] > 0 and r["rounds"] == 1
+    assert evaluate["figure"] == "recipe_evaluate" and "float32" in evaluate["size"]
+    want = autocast_dtype(torch.device("cpu"), True)
+    assert opt_in["figure"] == "recipe_evaluate_opt_in" and "channels-last" in opt_in["size"]
+    assert ("bfloat16 autocast" in opt_in["size"]) == (want == torch.bfloat16)
+    recs = recs[:-2]
     want = autocast_dtype(torch.device("cpu"), base.train.amp, base.train.amp_dtype)
     for r in recs:
         assert r["autocast"] == (str(want).replace("torch.", "") if want else "float32")
