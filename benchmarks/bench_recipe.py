@@ -53,6 +53,18 @@ def recipe_configs(base: Config) -> tuple[Config, Config]:
     return ours, peer
 
 
+def recipe_models(cfg: Config, peer_cfg: Config, peers: int = 1) -> tuple[nn.Module, ...]:
+    """(ours, peer, ...): the recipe's model with random weights (seed 0, BatchNorm calibrated)
+    and `peers` torchvision twins of it, all channels-last as frcnn.engine.trainer trains."""
+    torch.manual_seed(0)
+    ours = build_model(cfg, num_classes=SIZES[SIZE]["num_classes"])
+    calibrate_batchnorm(ours, make_inputs(SIZE, 2, seed=100)[0])
+    models = (ours, *(build_torchvision_peer(peer_cfg, ours) for _ in range(peers)))
+    for m in models:
+        m.to(memory_format=torch.channels_last)
+    return models
+
+
 def bench_recipe(base: Config, quick: bool, plan: dict[str, Any]) -> list[dict[str, Any]]:
     """The three "what a user runs" figures on the CPU; [] with a skip record if the recipe
     cannot have a torchvision twin (roi.op pool, roi.head avg)."""
@@ -65,13 +77,7 @@ def bench_recipe(base: Config, quick: bool, plan: dict[str, Any]) -> list[dict[s
         return records
     dtype = autocast_dtype(torch.device("cpu"), cfg.train.amp, cfg.train.amp_dtype)
     tag["autocast"] = str(dtype).replace("torch.", "") if dtype is not None else "float32"
-    torch.manual_seed(0)
-    ours = build_model(cfg, num_classes=SIZES[SIZE]["num_classes"])
-    calibrate_batchnorm(ours, make_inputs(SIZE, 2, seed=100)[0])
-    tv = build_torchvision_peer(peer_cfg, ours)
-    aa = build_torchvision_peer(peer_cfg, ours)
-    for m in (ours, tv, aa):
-        m.to(memory_format=torch.channels_last)  # as frcnn.engine.trainer does; the peer likewise
+    ours, tv, aa = recipe_models(cfg, peer_cfg, peers=2)
     models = (("ours", ours), ("tv", tv), ("aa", aa))
     label = f"{SIZE}, params.yaml ({cfg.roi.op}, {tag['autocast']}, channels-last)"
 

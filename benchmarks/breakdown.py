@@ -41,10 +41,7 @@ import torch
 from torch import nn
 
 from benchmarks.peer import (
-    SIZES,
     build_pair,
-    build_torchvision_peer,
-    calibrate_batchnorm,
     make_inputs,
 )
 from benchmarks.timing import _autocast
@@ -272,20 +269,14 @@ def peak_gflops(repeats: int = 5) -> dict[str, dict[str, float]]:
 
 def settings(quick: bool, base: Config) -> list[dict[str, Any]]:
     """What is broken down: the user's recipe, like for like at 256 px and (not --quick) resnet50."""
-    from benchmarks.bench_recipe import SIZE, recipe_configs
+    from benchmarks.bench_recipe import SIZE, recipe_configs, recipe_models
     from frcnn.engine.device import autocast_dtype
-    from frcnn.model.build import build_model
 
     out = []
     cfg, peer_cfg = recipe_configs(base)
     if cfg.roi.op != "pool" and cfg.roi.head == "mlp":
         dtype = autocast_dtype(torch.device("cpu"), cfg.train.amp, cfg.train.amp_dtype)
-        torch.manual_seed(0)
-        ours = build_model(cfg, num_classes=SIZES[SIZE]["num_classes"])
-        calibrate_batchnorm(ours, make_inputs(SIZE, 2, seed=100)[0])
-        tv = build_torchvision_peer(peer_cfg, ours)
-        for m in (ours, tv):
-            m.to(memory_format=torch.channels_last)
+        ours, tv = recipe_models(cfg, peer_cfg)
         label = (f"user recipe: {SIZE}, {cfg.roi.op}, "
                  f"{str(dtype).removeprefix('torch.') if dtype else 'float32'}, channels-last")
         out.append({"label": label, "size": SIZE, "ours": ours, "tv": tv, "dtype": dtype,
